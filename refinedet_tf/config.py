@@ -1,0 +1,134 @@
+"""Presets: every number of a RefineDet model in one frozen dataclass.
+
+A user reads this one file to see what `vgg16_320` is. Command lines override fields through
+`get_preset(name, **overrides)`; a run writes `dataclasses.asdict(config)` next to its
+checkpoints. The numbers are those of REFINEDET.md (the paper and the Caffe original).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+BACKBONES = ("vgg16", "resnet101", "resnet50", "mobilenetv2")
+PREPROCESSING = ("caffe_bgr", "tf")
+NEGATIVE_FILTERING = ("caffe", "pytorch")
+MINING = ("hard_negative", "ohem", "focal")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineDetConfig:
+    """Everything that defines a RefineDet model, its targets, losses and decoding.
+
+    Sizes are in input pixels; `num_classes` counts background (VOC 21, COCO 81).
+    """
+
+    name: str = "custom"
+    # Model.
+    image_size: int = 320
+    backbone: str = "vgg16"
+    backbone_weights: str = "none"  # "none", "imagenet" or a local weights file path
+    num_classes: int = 21
+    tcb_channels: int = 256
+    # Anchors (PriorBox): one level per ARM source, 3 anchors per location (ratios 1, 2, 1/2).
+    anchor_strides: tuple[int, ...] = (8, 16, 32, 64)
+    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0)
+    aspect_ratios: tuple[float, ...] = (2.0,)  # each also flipped (1/r)
+    clip_anchors: bool = False  # Caffe/paper: no clip; RefineDet.PyTorch clips (cx, cy, w, h)
+    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)  # (cy, cx, h, w)
+    # Input normalization applied before the model (see preprocessing.py).
+    preprocessing: str = "caffe_bgr"  # "caffe_bgr": BGR minus mean; "tf": RGB scaled to [-1, 1]
+    pixel_mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)
+    # Matching and losses.
+    match_iou: float = 0.5
+    neg_pos_ratio: int = 3
+    objectness_threshold: float = 0.01  # theta: negative-anchor filtering and ARM score filter
+    negative_filtering: str = "caffe"  # "caffe": theta drops pos and neg; "pytorch": pos only
+    mining: str = "hard_negative"  # "hard_negative" (3:1), "ohem", "focal"
+    ohem_examples_per_image: int = 256
+    ohem_nms_iou: float = 0.0  # > 0 enables NMS over loss-ranked boxes (seed 001 uses 0.7)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    loc_weight: float = 1.0
+    # Post-processing (DetectionOutput).
+    score_threshold: float = 0.01
+    nms_iou: float = 0.45
+    pre_nms_top_k: int = 1000  # per class
+    max_detections: int = 500  # keep_top_k, per image
+
+    def __post_init__(self):
+        _check_choice("backbone", self.backbone, BACKBONES)
+        _check_choice("preprocessing", self.preprocessing, PREPROCESSING)
+        _check_choice("negative_filtering", self.negative_filtering, NEGATIVE_FILTERING)
+        _check_choice("mining", self.mining, MINING)
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
+        if len(self.anchor_strides) != len(self.anchor_sizes):
+            raise ValueError(
+                f"anchor_strides {self.anchor_strides} and anchor_sizes {self.anchor_sizes} "
+                "must have one entry per level")
+        if len(self.anchor_strides) != 4:
+            raise ValueError(f"RefineDet has 4 levels, got anchor_strides {self.anchor_strides}")
+        if self.image_size % max(self.anchor_strides):
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of the largest stride "
+                f"{max(self.anchor_strides)}")
+        if len(self.variances) != 4:
+            raise ValueError(f"variances must have 4 entries, got {self.variances}")
+        for field in ("match_iou", "objectness_threshold", "score_threshold", "nms_iou", "ohem_nms_iou"):
+            value = getattr(self, field)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{field} must be in [0, 1], got {value}")
+
+    @property
+    def anchors_per_location(self) -> int:
+        return 1 + 2 * len(self.aspect_ratios)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RefineDetConfig":
+        fields = json.loads(text)
+        return cls(**_coerce(fields))
+
+
+def _check_choice(field, value, choices):
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {choices}, got {value!r}")
+
+
+def _coerce(fields: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns tuples into lists; frozen configs keep tuples so they stay hashable."""
+    known = {f.name: f for f in dataclasses.fields(RefineDetConfig)}
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ValueError(f"unknown RefineDetConfig field(s) {unknown}; known: {sorted(known)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+
+
+_VGG = dict(backbone="vgg16", preprocessing="caffe_bgr")
+_PRESETS: dict[str, RefineDetConfig] = {
+    "vgg16_320": RefineDetConfig(name="vgg16_320", image_size=320, **_VGG),
+    "vgg16_512": RefineDetConfig(name="vgg16_512", image_size=512, **_VGG),
+    "resnet101_320": RefineDetConfig(name="resnet101_320", image_size=320, backbone="resnet101"),
+    "resnet101_512": RefineDetConfig(name="resnet101_512", image_size=512, backbone="resnet101"),
+    "resnet50_320": RefineDetConfig(name="resnet50_320", image_size=320, backbone="resnet50"),
+    "mobilenetv2_320": RefineDetConfig(
+        name="mobilenetv2_320", image_size=320, backbone="mobilenetv2", preprocessing="tf"),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str, **overrides) -> RefineDetConfig:
+    """Returns the preset `name` with `overrides` replacing its fields.
+
+    Raises ValueError naming the known presets (or fields) when one is wrong.
+    """
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {preset_names()}")
+    return dataclasses.replace(_PRESETS[name], **_coerce(overrides))
