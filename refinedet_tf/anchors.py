@@ -42,6 +42,7 @@ def generate_anchors(config):
     cyxhw = np.concatenate(levels, axis=0)
     if config.clip_anchors:
         cyxhw = np.clip(cyxhw, 0.0, 1.0)
-    cy, cx, h, w = cyxhw.T
-    yxyx = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
-    return yxyx.astype(np.float32)
+    # Corners from float32 centre-form values, in the reference's order of operations, so that
+    # IoU near-ties between neighbouring anchors break the way they do in the reference.
+    cy, cx, h, w = cyxhw.astype(np.float32).T
+    return np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
