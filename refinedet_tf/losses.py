@@ -113,7 +113,11 @@ def multibox_loss_terms(loc_pred, conf_logits, loc_targets, class_targets, posit
 
 
 def _check_ground_truth(gt_boxes_yxyx, gt_classes, gt_mask, num_classes):
-    """Static checks always; value checks as graph asserts (XLA compiles them away)."""
+    """Static checks always; value checks as graph asserts.
+
+    XLA drops Assert ops, so under `jit_compile=True` only the static checks run; the input
+    pipeline validates every box before batching.
+    """
     gt_boxes_yxyx = tf.convert_to_tensor(gt_boxes_yxyx)
     gt_classes = tf.convert_to_tensor(gt_classes)
     gt_mask = tf.convert_to_tensor(gt_mask)
@@ -134,17 +138,18 @@ def _check_ground_truth(gt_boxes_yxyx, gt_classes, gt_mask, num_classes):
             f"{gt_mask.shape} must agree on [B, M]")
     boxes = tf.cast(gt_boxes_yxyx, tf.float32)
     classes = tf.cast(gt_classes, tf.int32)
-    valid_boxes = tf.boolean_mask(boxes, gt_mask)
-    valid_classes = tf.boolean_mask(classes, gt_mask)
+    padding = tf.logical_not(gt_mask)
+    all_valid = lambda ok: tf.reduce_all(tf.logical_or(ok, padding))
     checks = [
-        tf.debugging.assert_all_finite(valid_boxes, "gt_boxes_yxyx has NaN or Inf in a valid box"),
-        tf.debugging.assert_greater_equal(
-            valid_boxes[:, 2:], valid_boxes[:, :2],
-            message="gt_boxes_yxyx has a valid box with ymax < ymin or xmax < xmin"),
-        tf.debugging.assert_greater_equal(
-            valid_classes, 1, message="gt_classes of a valid box must be >= 1 (0 is background)"),
-        tf.debugging.assert_less(
-            valid_classes, num_classes, message=f"gt_classes of a valid box must be < num_classes"),
+        tf.debugging.Assert(
+            all_valid(tf.reduce_all(tf.math.is_finite(boxes), axis=-1)),
+            ["gt_boxes_yxyx has NaN or Inf in a valid box"]),
+        tf.debugging.Assert(
+            all_valid(tf.reduce_all(boxes[..., 2:] >= boxes[..., :2], axis=-1)),
+            ["gt_boxes_yxyx has a valid box with ymax < ymin or xmax < xmin"]),
+        tf.debugging.Assert(
+            all_valid(tf.logical_and(classes >= 1, classes < num_classes)),
+            [f"gt_classes of a valid box must be in 1..{num_classes - 1} (0 is background)"]),
     ]
     with tf.control_dependencies(checks):
         boxes = tf.identity(boxes)

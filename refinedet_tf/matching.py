@@ -39,6 +39,9 @@ def match_anchors(anchors_yxyx, gt_boxes_yxyx, gt_mask, iou_threshold=0.5):
       match_iou: [B, A] float32, best IoU, FORCED_MATCH_IOU for bipartite matches,
         -1 where the image has no valid box.
     """
+    anchors_yxyx = tf.convert_to_tensor(anchors_yxyx, tf.float32)
+    gt_boxes_yxyx = tf.convert_to_tensor(gt_boxes_yxyx, tf.float32)
+    gt_mask = tf.convert_to_tensor(gt_mask, tf.bool)
     batch = tf.shape(gt_boxes_yxyx)[0]
     if anchors_yxyx.shape.rank == 2:
         anchors_yxyx = tf.broadcast_to(anchors_yxyx[None], [batch, tf.shape(anchors_yxyx)[0], 4])
@@ -73,6 +76,9 @@ def assign_targets(anchors_yxyx, gt_boxes_yxyx, gt_classes, gt_mask, variances, 
       loc_targets [B, A, 4] (ty, tx, th, tw); class_targets [B, A] int32 (0 = background);
       positive [B, A] bool.
     """
+    anchors_yxyx = tf.convert_to_tensor(anchors_yxyx, tf.float32)
+    gt_boxes_yxyx = tf.convert_to_tensor(gt_boxes_yxyx, tf.float32)
+    gt_classes = tf.convert_to_tensor(gt_classes, tf.int32)
     matched_gt, positive, _ = match_anchors(anchors_yxyx, gt_boxes_yxyx, gt_mask, iou_threshold)
     matched_boxes = tf.gather(gt_boxes_yxyx, matched_gt, batch_dims=1)
     matched_classes = tf.gather(gt_classes, matched_gt, batch_dims=1)

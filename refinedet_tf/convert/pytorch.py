@@ -94,9 +94,12 @@ def load_pytorch_state_dict(model, state_dict):
             problems.append(f"state dict lacks {missing}")
             continue
         used.update(keys)
-        values = _convert(state[keys[0]], state[keys[1]] if len(keys) > 1 else None, kind)
         expected = [tuple(w.shape) for w in layer.get_weights()]
-        got = [v.shape for v in values]
+        try:
+            values = _convert(state[keys[0]], state[keys[1]] if len(keys) > 1 else None, kind)
+            got = [v.shape for v in values]
+        except ValueError:  # e.g. a location head whose channels are not a multiple of 4
+            got = [state[k].shape for k in keys]
         if expected != got:
             problems.append(f"{layer_name} <- {prefix}: expected shapes {expected}, got {got}")
             continue

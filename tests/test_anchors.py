@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+import refinedet_tf
+from refinedet_tf.anchors import feature_map_sizes
+from golden import load, reference_config, swap_xy
+
+
+def _cxcywh_to_yxyx(p):
+    cx, cy, w, h = p.T.astype(np.float64)
+    return np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1)
+
+
+@pytest.mark.parametrize("size", [320, 512])
+def test_anchors_equal_reference_priors(size):
+    golden = load(f"priors_{size}")
+    config = refinedet_tf.get_preset(f"vgg16_{size}", clip_anchors=True)  # the reference clips
+    anchors = refinedet_tf.generate_anchors(config)
+    assert anchors.shape == (golden["priors_cxcywh"].shape[0], 4) and anchors.dtype == np.float32
+    assert feature_map_sizes(config) == list(golden["feature_maps"])
+    np.testing.assert_allclose(anchors, _cxcywh_to_yxyx(golden["priors_cxcywh"]), atol=1e-6)
+
+
+def test_anchor_counts():
+    assert refinedet_tf.generate_anchors(refinedet_tf.get_preset("vgg16_320")).shape == (6375, 4)
+    assert refinedet_tf.generate_anchors(refinedet_tf.get_preset("vgg16_512")).shape == (16320, 4)
+
+
+def test_unclipped_default_differs_only_on_the_stride64_wide_anchors_at_320():
+    golden = _cxcywh_to_yxyx(load("priors_320")["priors_cxcywh"])
+    anchors = refinedet_tf.generate_anchors(refinedet_tf.get_preset("vgg16_320"))
+    differs = np.any(np.abs(anchors - golden) > 1e-6, axis=1)
+    # Level 4 (stride 64, 5x5, size 256/320 = 0.8): its 2:1 and 1:2 anchors are 1.131 long.
+    assert np.flatnonzero(differs).min() >= 6300
+    assert differs.sum() == 2 * 25
+    long_side = np.max(anchors[6300:, 2:] - anchors[6300:, :2], axis=1)
+    np.testing.assert_allclose(long_side.max(), 0.8 * np.sqrt(2), rtol=1e-6)
+
+
+def test_tiny_two_by_two_map_by_hand():
+    # One level of a 128 px image with stride 64 -> 2x2 map; anchor size 64 -> 0.5.
+    config = refinedet_tf.get_preset(
+        "vgg16_320", image_size=128, anchor_strides=(16, 32, 64, 64), anchor_sizes=(1, 1, 1, 64))
+    anchors = refinedet_tf.generate_anchors(config)[-12:]
+    r = np.sqrt(2.0)
+    expected = []
+    for cy in (0.25, 0.75):  # row first
+        for cx in (0.25, 0.75):  # half-step offset: (j + 0.5) * 64 / 128
+            for h, w in ((0.5, 0.5), (0.5 / r, 0.5 * r), (0.5 * r, 0.5 / r)):  # ratio 1, 2, 1/2
+                expected.append([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2])
+    np.testing.assert_allclose(anchors, np.array(expected), atol=1e-7)
+
+
+def test_anchors_are_centred_on_their_grid():
+    config = refinedet_tf.get_preset("vgg16_512")
+    anchors = refinedet_tf.generate_anchors(config).astype(np.float64)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    # Over a whole level the mean centre is the image centre, and every level is symmetric.
+    start = 0
+    for side in feature_map_sizes(config):
+        n = side * side * 3
+        np.testing.assert_allclose(centres[start:start + n].mean(0), [0.5, 0.5], atol=1e-6)
+        start += n
