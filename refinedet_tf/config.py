@@ -29,6 +29,7 @@ class RefineDetConfig:
     image_size: int = 320
     backbone: str = "vgg16"
     backbone_weights: str = "none"  # "none", "imagenet" or a local weights file path
+    backbone_alpha: float = 1.0  # MobileNetV2 width multiplier (1.0 for the other backbones)
     num_classes: int = 21
     tcb_channels: int = 256
     # Anchors (PriorBox): one level per ARM source, 3 anchors per location (ratios 1, 2, 1/2).
@@ -62,6 +63,8 @@ class RefineDetConfig:
         _check_choice("preprocessing", self.preprocessing, PREPROCESSING)
         _check_choice("negative_filtering", self.negative_filtering, NEGATIVE_FILTERING)
         _check_choice("mining", self.mining, MINING)
+        if self.backbone_alpha != 1.0 and self.backbone != "mobilenetv2":
+            raise ValueError(f"backbone_alpha is MobileNetV2's width multiplier; {self.backbone} needs 1.0")
         if self.num_classes < 2:
             raise ValueError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
         if len(self.anchor_strides) != len(self.anchor_sizes):

@@ -18,5 +18,5 @@ def backbone_sources(images, config):
     if config.backbone in ("resnet101", "resnet50"):
         return resnet_sources(images, config.backbone, config.backbone_weights)
     if config.backbone == "mobilenetv2":
-        return mobilenet_v2_sources(images, config.backbone_weights)
+        return mobilenet_v2_sources(images, config.backbone_weights, config.backbone_alpha)
     raise ValueError(f"unknown backbone {config.backbone!r}")

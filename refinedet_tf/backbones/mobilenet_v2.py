@@ -7,15 +7,15 @@ import keras
 _SOURCES = ("block_6_expand_relu", "block_13_expand_relu", "out_relu")
 
 
-def mobilenet_v2_sources(images, backbone_weights="none"):
-    """ARM sources at strides 8 (192 ch), 16 (576), 32 (1280) and 64 (512, extra block).
+def mobilenet_v2_sources(images, backbone_weights="none", alpha=1.0):
+    """ARM sources at strides 8 (192 ch at alpha 1), 16 (576), 32 (1280) and 64 (512, extra block).
 
     `backbone_weights`: "none", "imagenet" (Keras loads its 224 px weights: convolutions do not
     depend on the input size) or a local path to Keras' MobileNetV2 "notop" weights file.
     """
     weights = None if backbone_weights in (None, "none") else backbone_weights
     net = keras.applications.MobileNetV2(
-        include_top=False, weights=weights, input_tensor=images, alpha=1.0)
+        include_top=False, weights=weights, input_tensor=images, alpha=alpha)
     sources = [net.get_layer(layer).output for layer in _SOURCES]
     sources.append(_extra_block(sources[-1]))
     return sources

@@ -1,0 +1,106 @@
+"""Finding a trained model on disk and rebuilding it for inference.
+
+A trained model is a config plus weights:
+  model_dir/config.json              the RefineDetConfig the run used (train.py writes it)
+  model_dir/best.weights.h5          best validation mAP (Keras weights)
+  model_dir/final.weights.h5         end of training
+  model_dir/checkpoints/ckpt-N.*     tf.train.Checkpoint (model + optimizer + step) for resuming
+A standalone weights file `X.weights.h5` carries its config as `X.config.json` beside it (the
+PyTorch converter writes that pair).
+"""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+from refinedet_tf.config import RefineDetConfig, get_preset
+
+CONFIG_FILE = "config.json"
+BEST_WEIGHTS = "best.weights.h5"
+FINAL_WEIGHTS = "final.weights.h5"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _read_config(path):
+    with open(path, encoding="utf-8") as f:
+        return RefineDetConfig.from_json(f.read())
+
+
+def resolve_checkpoint(checkpoint):
+    """-> (weights path or tf checkpoint prefix, config path or None)."""
+    if os.path.isdir(checkpoint):
+        for name in (BEST_WEIGHTS, FINAL_WEIGHTS):
+            if os.path.exists(os.path.join(checkpoint, name)):
+                return os.path.join(checkpoint, name), _existing(os.path.join(checkpoint, CONFIG_FILE))
+        latest = tf.train.latest_checkpoint(os.path.join(checkpoint, CHECKPOINT_DIR))
+        if latest:
+            return latest, _existing(os.path.join(checkpoint, CONFIG_FILE))
+        raise FileNotFoundError(
+            f"no weights in {checkpoint}: expected {BEST_WEIGHTS}, {FINAL_WEIGHTS} or "
+            f"{CHECKPOINT_DIR}/ckpt-N")
+    if checkpoint.endswith(".weights.h5"):
+        if not os.path.exists(checkpoint):
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        sibling = checkpoint[: -len(".weights.h5")] + ".config.json"
+        return checkpoint, _existing(sibling) or _existing(
+            os.path.join(os.path.dirname(checkpoint), CONFIG_FILE))
+    if tf.io.gfile.exists(checkpoint + ".index"):
+        model_dir = os.path.dirname(os.path.dirname(checkpoint))
+        return checkpoint, _existing(os.path.join(model_dir, CONFIG_FILE))
+    raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+
+
+def _existing(path):
+    return path if os.path.exists(path) else None
+
+
+def config_for_checkpoint(checkpoint, preset=None, **overrides):
+    """The config a checkpoint was trained with, checked against `preset` when one is given.
+
+    Raises ValueError when the checkpoint's config and the preset disagree on a field that
+    changes the network (size, backbone, classes, anchors), naming the fields.
+    """
+    _, config_path = resolve_checkpoint(checkpoint)
+    if config_path is None:
+        if preset is None:
+            raise ValueError(f"{checkpoint} has no config.json beside it: pass --preset")
+        return get_preset(preset, **overrides)
+    saved = _read_config(config_path)
+    if preset is not None:
+        wanted = get_preset(preset, **{k: v for k, v in overrides.items() if k == "num_classes"})
+        structural = ("image_size", "backbone", "anchor_strides", "anchor_sizes", "aspect_ratios",
+                      "tcb_channels")
+        if "num_classes" in overrides:
+            structural += ("num_classes",)
+        diff = [f"{f}: checkpoint {getattr(saved, f)} vs preset {getattr(wanted, f)}"
+                for f in structural if getattr(saved, f) != getattr(wanted, f)]
+        if diff:
+            raise ValueError(
+                f"checkpoint {checkpoint} was trained as {saved.name!r}, which does not match "
+                f"--preset {preset}: " + "; ".join(diff))
+    return dataclasses.replace(saved, **overrides) if overrides else saved
+
+
+def load_model(checkpoint, preset=None, **overrides):
+    """Builds the model a checkpoint was trained as and loads its weights.
+
+    Args:
+      checkpoint: a model_dir, a `.weights.h5` file or a tf checkpoint prefix.
+      preset: optional preset name to check the checkpoint against.
+      overrides: config fields to change (post-processing thresholds, say).
+    Returns:
+      (keras.Model, RefineDetConfig).
+    """
+    from refinedet_tf.model import build_refinedet  # pylint: disable=import-outside-toplevel
+
+    weights, _ = resolve_checkpoint(checkpoint)
+    config = config_for_checkpoint(checkpoint, preset, **overrides)
+    # Weights come from the checkpoint: never download backbone weights to throw them away.
+    config = dataclasses.replace(config, backbone_weights="none")
+    model = build_refinedet(config)
+    if weights.endswith(".weights.h5"):
+        model.load_weights(weights)
+    else:
+        tf.train.Checkpoint(model=model).restore(weights).expect_partial().assert_existing_objects_matched()
+    return model, config
