@@ -120,6 +120,10 @@ _PRESETS: dict[str, RefineDetConfig] = {
     "resnet50_320": RefineDetConfig(name="resnet50_320", image_size=320, backbone="resnet50"),
     "mobilenetv2_320": RefineDetConfig(
         name="mobilenetv2_320", image_size=320, backbone="mobilenetv2", preprocessing="tf"),
+    # The demo: small enough to train from scratch on a 2-core CPU in minutes (train.py's default).
+    "mobilenetv2_lite_192": RefineDetConfig(
+        name="mobilenetv2_lite_192", image_size=192, backbone="mobilenetv2", backbone_alpha=0.35,
+        preprocessing="tf", tcb_channels=64, num_classes=7, anchor_sizes=(20.0, 40.0, 80.0, 160.0)),
 }
 
 

@@ -46,6 +46,9 @@ def match_anchors(anchors_yxyx, gt_boxes_yxyx, gt_mask, iou_threshold=0.5):
     if anchors_yxyx.shape.rank == 2:
         anchors_yxyx = tf.broadcast_to(anchors_yxyx[None], [batch, tf.shape(anchors_yxyx)[0], 4])
     iou = box_coding.pairwise_iou(gt_boxes_yxyx, anchors_yxyx)  # [B, M, A]
+    # A diverged ARM can refine anchors into NaN; such an anchor matches nothing (the loss then
+    # turns NaN and training stops with a clear message) instead of producing an invalid index.
+    iou = tf.where(tf.math.is_nan(iou), 0.0, iou)
     iou = tf.where(gt_mask[:, :, None], iou, -1.0)
     num_gt = tf.shape(iou)[1]
     num_anchors = tf.shape(iou)[2]

@@ -2,3 +2,110 @@ import os
 
 # Quieter TensorFlow logs in test output; must be set before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# ---- Data fixtures: tiny datasets written by the tests themselves, with hand-known boxes.
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+RACCOON_DIR = "/work/shared/datasets/raccoon"
+
+
+def write_image(path, image, ext=None):
+    """Writes RGB (or grey/RGBA/16-bit) pixels with OpenCV in the format of `ext` (default: path's)."""
+    pixels = image[..., ::-1] if image.ndim == 3 and image.shape[2] == 3 else image
+    if image.ndim == 3 and image.shape[2] == 4:
+        pixels = image[..., [2, 1, 0, 3]]
+    ok, data = cv2.imencode(ext or os.path.splitext(path)[1], pixels)
+    assert ok
+    with open(path, "wb") as f:
+        f.write(data.tobytes())
+
+
+def voc_xml(filename, width, height, objects):
+    """objects: (name, xmin, ymin, xmax, ymax[, difficult]) in VOC 1-based pixels."""
+    parts = [f"<annotation><filename>{filename}</filename>"
+             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    for obj in objects:
+        name, xmin, ymin, xmax, ymax = obj[:5]
+        difficult = obj[5] if len(obj) > 5 else 0
+        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
+                     f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax>"
+                     "</bndbox></object>")
+    return "".join(parts) + "</annotation>"
+
+
+def make_voc(root, items, labelmap=("cat", "dog"), splits=None):
+    """Writes a VOC folder. items: list of dicts id, image (array), objects, [ext, xml_size, xml]."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for item in items:
+        ext = item.get("ext", ".jpg")
+        filename = item["id"] + ext
+        if item.get("image") is not None:
+            write_image(os.path.join(root, "JPEGImages", filename), item["image"], item.get("encode_as"))
+        height, width = item.get("xml_size") or item["image"].shape[:2]
+        xml = item.get("xml") or voc_xml(filename, width, height, item.get("objects", []))
+        with open(os.path.join(root, "Annotations", item["id"] + ".xml"), "w") as f:
+            f.write(xml)
+    if labelmap is not None:
+        with open(os.path.join(root, "labelmap.txt"), "w") as f:
+            f.write("".join(n + "\n" for n in labelmap))
+    for split, ids in (splits or {}).items():
+        with open(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+            f.write("".join(i + "\n" for i in ids))
+    return str(root)
+
+
+def textured(height, width, seed=0):
+    """A smooth random RGB image (JPEG-friendly)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(height // 8, 2), max(width // 8, 2), 3)).astype(np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+# Hand-known boxes. a: 100 wide x 50 high; b: 64 x 80; c: 40 x 40.
+TINY_ITEMS = [
+    {"id": "a", "objects": [("cat", 1, 1, 50, 25), ("dog", 51, 26, 100, 50, 1)]},
+    {"id": "b", "objects": [("dog", 17, 21, 48, 60)]},
+    {"id": "c", "objects": [("cat", 11, 1, 30, 40), ("cat", 1, 11, 40, 30)]},
+]
+TINY_SIZES = {"a": (50, 100), "b": (80, 64), "c": (40, 40)}
+TINY_EXPECTED = {  # normalized yxyx, classes (cat=1, dog=2), difficult
+    "a": ([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], [1, 2], [False, True]),
+    "b": ([[0.25, 0.25, 0.75, 0.75]], [2], [False]),
+    "c": ([[0, 0.25, 1, 0.75], [0.25, 0, 0.75, 1]], [1, 1], [False, False]),
+}
+
+
+@pytest.fixture
+def tiny_voc(tmp_path):
+    """A 3-image, 2-class VOC folder (train: a, b; val: c) with the boxes of TINY_EXPECTED."""
+    items = [dict(item, image=textured(*TINY_SIZES[item["id"]], seed=k))
+             for k, item in enumerate(TINY_ITEMS)]
+    return make_voc(tmp_path / "voc", items, splits={"train": ["a", "b"], "val": ["c"]})
+
+
+def coco_json_from_voc_items(path, items, sizes, categories=((3, "cat"), (7, "dog")), extra=None):
+    """A COCO instances JSON with the same boxes as VOC `items` (xywh = xmin-1, ymin-1, w, h)."""
+    ids = {name: cid for cid, name in categories}
+    images, annotations = [], []
+    for k, item in enumerate(items):
+        height, width = sizes[item["id"]]
+        images.append({"id": 10 + k, "file_name": item["id"] + ".jpg", "height": height, "width": width})
+        for obj in item["objects"]:
+            name, xmin, ymin, xmax, ymax = obj[:5]
+            annotations.append({"id": len(annotations) + 1, "image_id": 10 + k, "category_id": ids[name],
+                                "bbox": [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1],
+                                "iscrowd": 0, "area": 1.0})
+    data = {"images": images, "annotations": annotations,
+            "categories": [{"id": cid, "name": name} for cid, name in categories]}
+    if extra:
+        extra(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return str(path)

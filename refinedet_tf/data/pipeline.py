@@ -1,0 +1,147 @@
+"""From reader examples to model-ready batches: augment, pad to `max_boxes`, batch.
+
+Input: a `tf.data.Dataset` of the reader contract (one dict per image): `image` uint8
+[H, W, 3] RGB, `image_id` string, `height`, `width` int32, `boxes` float32 [N, 4] normalized
+yxyx, `classes` int32 [N], `difficult` bool [N], `is_crowd` bool [N].
+
+Output: `(images, targets)` batches. With B the batch size, M = `max_boxes`, S the image size:
+  images: float32 [B, S, S, 3], preprocessed (`preprocess_images`).
+  targets: dict
+    boxes:         float32 [B, M, 4] normalized yxyx of the output image, zeros where padded;
+    classes:       int32 [B, M], 0 (background) where padded;
+    mask:          bool [B, M], True for real boxes (they come first);
+    difficult:     bool [B, M]; is_crowd: bool [B, M] (False where padded);
+    image_id:      string [B]; height, width: int32 [B], the original image size;
+    num_truncated: int32 [B], boxes dropped because more than M survived the augmentation
+                   (always 0 unless truncate_boxes=True).
+
+Randomness: example i of the stream gets the seed `stateless_fold_in([seed, seed_stream], i)`
+(i counts across epochs when repeating), so a seed gives the same batches on every run,
+whatever `num_parallel_calls`, as long as `deterministic=True` (the shuffle is seeded too).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from refinedet_tf.data.augment import augment_example, example_seed
+
+DEFAULT_SHUFFLE_BUFFER = 1024
+
+
+def _pad_targets(example, max_boxes, truncate_boxes, num_input_boxes):
+    """Pads an augmented example's per-box fields to `max_boxes` -> (image, targets)."""
+    image_id = example.get("image_id", tf.constant("", tf.string))
+    if not truncate_boxes:
+        # Checked on the reader's boxes, so the error does not depend on the random crop.
+        message = tf.strings.join([
+            "image ", image_id,
+            " has ", tf.strings.as_string(num_input_boxes), " boxes, more than max_boxes=",
+            str(max_boxes), "; raise max_boxes or pass truncate_boxes=True"])
+        tf.debugging.Assert(num_input_boxes <= max_boxes, [message])
+    num_boxes = tf.shape(example["boxes"])[0]
+    num_kept = tf.minimum(num_boxes, max_boxes)
+    num_truncated = num_boxes - num_kept
+    pad = max_boxes - num_kept
+
+    def padded(value, rank_one_shape):
+        value = value[:num_kept]
+        paddings = [[0, pad]] + [[0, 0]] * (len(rank_one_shape) - 1)
+        return tf.ensure_shape(tf.pad(value, paddings), rank_one_shape)
+
+    targets = {
+        "boxes": padded(example["boxes"], [max_boxes, 4]),
+        "classes": padded(example["classes"], [max_boxes]),
+        "mask": tf.range(max_boxes) < num_kept,
+        "difficult": padded(example["difficult"], [max_boxes]),
+        "is_crowd": padded(example["is_crowd"], [max_boxes]),
+        "image_id": image_id,
+        "height": tf.cast(example.get("height", 0), tf.int32),
+        "width": tf.cast(example.get("width", 0), tf.int32),
+        "num_truncated": num_truncated,
+    }
+    return example["image"], targets
+
+
+def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
+                 truncate_boxes=False, deterministic=True,
+                 num_parallel_calls=tf.data.AUTOTUNE, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+                 repeat=None, seed_stream=0):
+    """Reader examples -> `(images, targets)` batches (see the module docstring).
+
+    Args:
+      examples: tf.data.Dataset of reader-contract dicts.
+      config: RefineDetConfig (`image_size`, `preprocessing`, `pixel_mean_bgr`).
+      batch_size: images per batch (per replica under a strategy).
+      training: True: shuffle, Caffe augmentation, drop the last partial batch;
+        False: the eval path (bilinear resize, boxes unchanged), keep the partial batch.
+      seed: int, the augmentation and shuffle seed.
+      max_boxes: M, the padded number of boxes per image.
+      truncate_boxes: False: an image with more than M boxes raises InvalidArgumentError
+        naming its image_id. True: keep the first M boxes left after augmentation and count
+        the others in `targets["num_truncated"]`.
+      deterministic: `tf.data.Options.deterministic` (order of the parallel map).
+      num_parallel_calls: of the augmentation map.
+      shuffle_buffer: examples in the shuffle buffer (training only; <= 1 disables it).
+      repeat: repeat forever; defaults to `training`.
+      seed_stream: int, a second seed component: distinct augmentation streams for input
+        pipelines that share `seed` (make_distributed_dataset passes the pipeline id).
+    Returns:
+      tf.data.Dataset of (float32 [B, S, S, 3], dict of targets).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_boxes < 1:
+        raise ValueError(f"max_boxes must be >= 1, got {max_boxes}")
+    repeat = training if repeat is None else repeat
+    base_seed = tf.constant([seed, seed_stream], tf.int64)
+
+    def prepare(index, example):
+        num_input_boxes = tf.shape(tf.reshape(example["boxes"], [-1, 4]))[0]
+        seed_i = example_seed(base_seed, index) if training else None
+        augmented = augment_example(example, config, seed_i, augment=training)
+        return _pad_targets(augmented, max_boxes, truncate_boxes, num_input_boxes)
+
+    dataset = examples
+    if training and shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.enumerate()
+    dataset = dataset.map(prepare, num_parallel_calls=num_parallel_calls,
+                          deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return dataset.with_options(options)
+
+
+def make_distributed_dataset(strategy, examples_fn, config, global_batch_size, training=True,
+                             seed=0, **kwargs):
+    """`make_dataset` under a tf.distribute strategy, one input pipeline per worker.
+
+    Args:
+      strategy: a tf.distribute.Strategy (MirroredStrategy, MultiWorkerMirroredStrategy, TPU).
+      examples_fn: () -> tf.data.Dataset of reader examples (all of them; each input pipeline
+        keeps its shard, `input_context.input_pipeline_id` of `num_input_pipelines`).
+      config: RefineDetConfig.
+      global_batch_size: images per step over all replicas; each replica gets
+        `input_context.get_per_replica_batch_size(global_batch_size)`.
+      training, seed, **kwargs: as make_dataset (each pipeline also gets its own seed_stream).
+    Returns:
+      a tf.distribute.DistributedDataset of per-replica (images, targets) batches.
+    """
+    if "seed_stream" in kwargs:
+        raise ValueError("make_distributed_dataset sets seed_stream to the input pipeline id")
+
+    def dataset_fn(input_context):
+        examples = examples_fn()
+        if input_context.num_input_pipelines > 1:
+            examples = examples.shard(input_context.num_input_pipelines,
+                                      input_context.input_pipeline_id)
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        return make_dataset(examples, config, batch_size, training, seed=seed,
+                            seed_stream=input_context.input_pipeline_id, **kwargs)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

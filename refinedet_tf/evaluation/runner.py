@@ -1,0 +1,118 @@
+"""Running a detector over an evaluation dataset and scoring it: the one code path used by
+`evaluate.py` and by the training loop's periodic evaluation.
+
+Images are only ever held one batch at a time; the evaluators keep boxes only.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from refinedet_tf.data.example import normalized_to_voc_pixels
+from refinedet_tf.evaluation.coco import COCOEvaluator
+from refinedet_tf.evaluation.voc import VOCEvaluator
+
+VOC_METRICS = ("voc07", "voc12")
+
+
+def make_predict_fn(detector, anchors_yxyx, config, max_detections=None):
+    """tf.function: preprocessed images [B, S, S, 3] -> `postprocess.detect` dict."""
+    from refinedet_tf.postprocess import detect  # pylint: disable=import-outside-toplevel
+
+    @tf.function(reduce_retracing=True)
+    def predict(images):
+        return detect(detector(images, training=False), anchors_yxyx, config, max_detections=max_detections)
+
+    return predict
+
+
+def _to_str(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class DetectionEvaluation:
+    """Feeds batches of (targets, detections) to the VOC and/or COCO evaluators.
+
+    Args:
+      class_names: list, index = class id, 0 = background.
+      metrics: subset of ("voc07", "voc12", "coco").
+      category_ids: dataset ids per class id for COCO (label map `dataset_ids`), or None.
+    """
+
+    def __init__(self, class_names, metrics=("voc07",), category_ids=None):
+        unknown = sorted(set(metrics) - set(VOC_METRICS) - {"coco"})
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: voc07, voc12, coco")
+        self.metrics = tuple(metrics)
+        voc = tuple(m for m in metrics if m in VOC_METRICS)
+        self.voc = VOCEvaluator(class_names, metrics=voc) if voc else None
+        self.coco = COCOEvaluator(class_names, category_ids=category_ids) if "coco" in metrics else None
+        self.num_images = 0
+
+    def add_batch(self, targets, detections):
+        """targets: the eval pipeline's dict (numpy or tensors); detections: `detect`'s dict."""
+        t = {k: np.asarray(v) for k, v in targets.items()}
+        d = {k: np.asarray(v) for k, v in detections.items()}
+        for i in range(len(t["image_id"])):
+            image_id = _to_str(t["image_id"][i])
+            h, w = int(t["height"][i]), int(t["width"][i])
+            valid = t["mask"][i]
+            gt_norm = t["boxes"][i][valid]
+            gt_classes = t["classes"][i][valid]
+            difficult = t["difficult"][i][valid] if "difficult" in t else None
+            n = int(d["num_detections"][i])
+            det_norm = d["detection_boxes"][i][:n]
+            scores = d["detection_scores"][i][:n]
+            det_classes = d["detection_classes"][i][:n].astype(np.int64)
+            if self.voc is not None:
+                self.voc.add_ground_truth(image_id, normalized_to_voc_pixels(gt_norm, h, w), gt_classes, difficult)
+                self.voc.add_detections(image_id, normalized_to_voc_pixels(det_norm, h, w), scores, det_classes)
+            if self.coco is not None:
+                scale = np.array([h, w, h, w], np.float64)
+                crowd = t["is_crowd"][i][valid] if "is_crowd" in t else None
+                self.coco.add_ground_truth(image_id, gt_norm * scale, gt_classes, is_crowd=crowd, height=h, width=w)
+                self.coco.add_detections(image_id, det_norm * scale, scores, det_classes)
+            self.num_images += 1
+
+    def result(self):
+        """{metric: {...}} from the evaluators, plus `pr_curves` of the VOC one."""
+        out = {}
+        if self.voc is not None:
+            out.update(self.voc.evaluate())
+        if self.coco is not None:
+            coco = self.coco.evaluate()
+            out["coco"] = coco["coco"]
+            out.setdefault("pr_curves", coco.get("pr_curves"))
+        return out
+
+
+def evaluate_dataset(predict_fn, dataset, class_names, metrics=("voc07",), category_ids=None,
+                     max_batches=None, on_batch=None):
+    """Runs `predict_fn` over an eval-pipeline dataset and scores it.
+
+    Args:
+      predict_fn: preprocessed images -> `detect` dict (e.g. `make_predict_fn`).
+      dataset: `(images, targets)` batches from `make_dataset(..., training=False)`.
+      on_batch: optional callback(images, targets, detections), e.g. to draw examples.
+    Returns:
+      (result dict as `DetectionEvaluation.result`, {"images": n, "seconds": s}).
+    """
+    evaluation = DetectionEvaluation(class_names, metrics, category_ids)
+    start = time.perf_counter()
+    for step, (images, targets) in enumerate(dataset):
+        if max_batches is not None and step >= max_batches:
+            break
+        detections = predict_fn(images)
+        if on_batch is not None:
+            on_batch(images, targets, detections)
+        evaluation.add_batch(targets, detections)
+    seconds = time.perf_counter() - start
+    return evaluation.result(), {"images": evaluation.num_images, "seconds": seconds}
+
+
+def summary_map(result, metric="voc07"):
+    """The headline number of a result (mAP for VOC, AP for COCO), or None."""
+    if metric == "coco":
+        return result.get("coco", {}).get("AP")
+    return result.get(metric, {}).get("mAP")

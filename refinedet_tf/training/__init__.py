@@ -1,0 +1,1 @@
+"""Training: the Keras model that owns RefineDet's loss, optimizer, schedules, callbacks."""

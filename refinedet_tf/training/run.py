@@ -1,0 +1,400 @@
+"""One training run, end to end: config, data, strategy, model, optimizer, callbacks, fit.
+
+`train.py` maps its flags onto `TrainOptions` and calls `train`; tests call `train` directly.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from refinedet_tf import checkpoints
+from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.config import RefineDetConfig, get_preset
+from refinedet_tf.training import callbacks as cb
+from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
+from refinedet_tf.training.strategy import make_strategy, synchronize_batch_norm
+from refinedet_tf.training.trainer import LOSS_NAMES, RefineDetTrainer
+
+# Fields whose change makes a checkpoint unusable: a resumed run must agree on them.
+STRUCTURAL_FIELDS = ("image_size", "backbone", "backbone_alpha", "num_classes", "tcb_channels",
+                     "anchor_strides", "anchor_sizes", "aspect_ratios")
+DEMO_PRESET = "mobilenetv2_lite_192"
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """Everything a run needs besides the model config (see train.py's flags for the meaning)."""
+
+    preset: str = DEMO_PRESET
+    config_overrides: dict = dataclasses.field(default_factory=dict)
+    data: str | None = None  # None: the embedded synthetic dataset (train split)
+    val_data: str | None = None  # None with data None: the synthetic val split
+    split: str = "train"
+    val_split: str = "val"
+    label_map: str | None = None
+    model_dir: str = "runs/refinedet"
+    batch_size: int = 16
+    steps: int | None = None
+    epochs: float | None = None
+    lr: float | None = None
+    warmup_steps: int = 0
+    lr_schedule: str = "multistep"
+    lr_boundaries: tuple = (0.667, 0.833)
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    grad_accum_steps: int = 1
+    clip_grad_norm: float = 0.0
+    freeze_backbone: bool = False
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    strategy: str = "default"
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 0  # steps; 0: only at the end (when there is validation data)
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    arm_warmup_steps: int = 0
+    max_boxes: int = 100
+    truncate_boxes: bool = False
+    log_every: int = 10
+    num_parallel_calls: int | None = None  # None: AUTOTUNE
+    cache: bool | None = None  # None: cache decoded examples when the dataset is small
+    max_eval_images: int | None = None
+    eval_images_to_draw: int = 4
+
+
+def _print(*args):
+    print(*args, flush=True)
+
+
+def resolve_config(options):
+    config = get_preset(options.preset, **options.config_overrides)
+    return config
+
+
+def check_resume_compatible(model_dir, config, options):
+    """Refuses to resume a model_dir written with an incompatible config."""
+    path = os.path.join(model_dir, checkpoints.CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = RefineDetConfig.from_json(f.read())
+    diff = [f"{f}: saved {getattr(saved, f)} vs now {getattr(config, f)}"
+            for f in STRUCTURAL_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if diff:
+        raise ValueError(
+            f"{model_dir} holds a run of an incompatible model ({'; '.join(diff)}): choose another "
+            "--model_dir or remove it")
+    options_path = os.path.join(model_dir, "train_options.json")
+    if os.path.exists(options_path):
+        with open(options_path, encoding="utf-8") as f:
+            saved_options = json.load(f)
+        if saved_options.get("batch_size") != options.batch_size:
+            raise ValueError(
+                f"{model_dir} was trained with --batch_size {saved_options.get('batch_size')}; resuming "
+                f"with {options.batch_size} would change the data position and schedule")
+
+
+def _data_sources(options, config):
+    """-> (train examples_fn, val examples_fn or None, class names, num train images, label map)."""
+    from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
+
+    train_path, val_path = options.data, options.val_data
+    split, val_split = options.split, options.val_split
+    if train_path is None:
+        from refinedet_tf.data.synthetic import ensure_synthetic_dataset  # pylint: disable=import-outside-toplevel
+        train_path = ensure_synthetic_dataset()
+        _print(f"data: the embedded synthetic dataset at {train_path}")
+        if val_path is None:
+            val_path = train_path
+    label_map = options.label_map
+    train_reader = data_lib.open_reader(train_path, split=split if data_lib.detect_format(train_path) == "voc" else None,
+                                        label_map=label_map)
+    label_map = train_reader.label_map
+    names = list(label_map.names)
+    if len(names) != config.num_classes:
+        raise ValueError(
+            f"the label map has {len(names) - 1} classes (+ background) but the model has "
+            f"num_classes={config.num_classes}: pass --num_classes {len(names)}")
+    val_reader = None
+    if val_path is not None:
+        val_reader = data_lib.open_reader(
+            val_path, split=val_split if data_lib.detect_format(val_path) == "voc" else None, label_map=label_map)
+    return train_reader, val_reader, names, label_map
+
+
+def total_steps_of(options, num_train_images):
+    if options.steps is not None:
+        return int(options.steps)
+    epochs = options.epochs if options.epochs is not None else 1.0
+    return max(int(math.ceil(epochs * num_train_images / options.batch_size)), 1)
+
+
+def _write_json(path, value):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def _worker_role():
+    """(is_chief, task index) from TF_CONFIG; a single machine is the chief."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {})), index
+
+
+def train(options, stream=None, extra_callbacks=()):
+    """Runs (or resumes) a training run. Returns the summary dict also written to metrics.json.
+
+    Under multi_worker every worker runs this; the chief writes model_dir, the others write
+    their (identical) checkpoints to a scratch folder, as MultiWorkerMirroredStrategy requires
+    every worker to take part in saving.
+    """
+    from refinedet_tf.data.pipeline import make_dataset  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.evaluation.runner import evaluate_dataset, make_predict_fn  # pylint: disable=import-outside-toplevel
+
+    stream = stream or sys.stdout
+    start_time = time.time()
+    config = resolve_config(options)
+    is_chief, worker_index = _worker_role() if options.strategy == "multi_worker" else (True, 0)
+    model_dir = options.model_dir if is_chief else os.path.join(options.model_dir, f".worker{worker_index}")
+    os.makedirs(model_dir, exist_ok=True)
+    check_resume_compatible(model_dir, config, options)
+
+    keras.utils.set_random_seed(options.seed)
+    if options.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if options.mixed_precision:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+        _print(f"mixed precision: {policy} (losses and decoding stay float32)")
+
+    strategy = make_strategy(options.strategy, stream)
+    replicas = strategy.num_replicas_in_sync
+    if options.batch_size % replicas:
+        raise ValueError(f"--batch_size {options.batch_size} must be a multiple of the {replicas} replicas")
+
+    train_reader, val_reader, class_names, label_map = _data_sources(options, config)
+    num_train = len(train_reader)
+    if num_train == 0:
+        raise ValueError(f"no training images in {options.data or 'the synthetic dataset'}")
+    total_steps = total_steps_of(options, num_train)
+    lr = options.lr if options.lr is not None else default_lr(options.batch_size)
+    boundaries = resolve_boundaries(options.lr_boundaries, total_steps)
+    cache = options.cache if options.cache is not None else num_train <= 5000
+
+    _write_json(os.path.join(model_dir, checkpoints.CONFIG_FILE), dataclasses.asdict(config))
+    _write_json(os.path.join(model_dir, "train_options.json"),
+                {**dataclasses.asdict(options), "resolved_lr": lr, "total_steps": total_steps,
+                 "lr_boundaries_steps": boundaries, "replicas": replicas})
+    with open(os.path.join(model_dir, "labelmap.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(n + "\n" for n in class_names[1:]))
+
+    with strategy.scope():
+        from refinedet_tf.model import build_refinedet  # pylint: disable=import-outside-toplevel
+        detector = build_refinedet(config)
+        if options.freeze_backbone:
+            _freeze_backbone(detector)
+        if replicas > 1:
+            synced = synchronize_batch_norm(detector)
+            if synced:
+                _print(f"synchronized BatchNorm over {replicas} replicas ({synced} layers)")
+        trainer = RefineDetTrainer(detector, config)
+        schedule = WarmupSchedule(lr, total_steps, options.warmup_steps, options.lr_schedule, boundaries)
+        optimizer = make_optimizer(schedule, options.momentum, options.weight_decay, options.grad_accum_steps,
+                                   options.clip_grad_norm)
+        trainer.compile(optimizer=optimizer, jit_compile=options.jit_compile)
+        optimizer.build(trainer.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=detector, optimizer=optimizer)
+        manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(model_dir, checkpoints.CHECKPOINT_DIR), max_to_keep=options.keep_checkpoints)
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    start_step = int(optimizer.iterations.numpy())
+    if start_step:
+        _print(f"resuming {model_dir} from {manager.latest_checkpoint} at step {start_step}")
+    if start_step >= total_steps:
+        _print(f"{model_dir} already finished {total_steps} steps")
+
+    def examples_fn():
+        examples = train_reader.as_dataset()
+        return examples.cache() if cache else examples
+
+    pipeline_kwargs = dict(seed=options.seed, max_boxes=options.max_boxes, truncate_boxes=options.truncate_boxes,
+                           deterministic=options.deterministic or options.seed is not None,
+                           num_parallel_calls=options.num_parallel_calls or tf.data.AUTOTUNE)
+    def train_data_from(step):
+        """The training stream positioned at `step`: a resumed run continues exactly where the
+        killed run stopped (same shuffle order, same per-example augmentation seeds)."""
+        if replicas > 1:
+            def dataset_fn(context):
+                examples = examples_fn()
+                if context.num_input_pipelines > 1:
+                    examples = examples.shard(context.num_input_pipelines, context.input_pipeline_id)
+                per_replica = context.get_per_replica_batch_size(options.batch_size)
+                data = make_dataset(examples, config, per_replica, training=True,
+                                    seed_stream=context.input_pipeline_id, **pipeline_kwargs)
+                # Each step takes one batch per local replica from this pipeline.
+                local_replicas = replicas // context.num_input_pipelines
+                return data.skip(step * local_replicas) if step else data
+            return strategy.distribute_datasets_from_function(dataset_fn)
+        data = make_dataset(examples_fn(), config, options.batch_size, training=True, **pipeline_kwargs)
+        return data.skip(step) if step else data
+
+    state = cb.RunState()
+    log_dir = os.path.join(model_dir, "logs")
+    saver = cb.CheckpointSaver(manager, options.checkpoint_every, state)
+    progress = cb.ProgressLogger(total_steps, options.batch_size, options.log_every, stream)
+    callbacks = [cb.NaNGuard(state), saver, cb.Preemption(saver, state), progress,
+                 cb.TensorBoardScalars(log_dir, options.log_every),
+                 cb.StepLog(os.path.join(model_dir, "steps.jsonl")), *extra_callbacks]
+    evaluation = None
+    if val_reader is not None and len(val_reader) and is_chief:
+        anchors = generate_anchors(config)
+        predict = make_predict_fn(detector, anchors, config)
+        val_examples = val_reader.as_dataset()
+        if options.max_eval_images:
+            val_examples = val_examples.take(options.max_eval_images)
+        val_examples = val_examples.cache()
+        val_data = make_dataset(val_examples, config, max(options.batch_size // replicas, 1), training=False,
+                                max_boxes=options.max_boxes, truncate_boxes=True)
+
+        def evaluate_fn():
+            drawn = []
+
+            def draw(images, targets, detections):
+                if len(drawn) >= options.eval_images_to_draw:
+                    return
+                drawn.extend(_draw_examples(images, targets, detections, config, class_names,
+                                            options.eval_images_to_draw - len(drawn)))
+            result, speed = evaluate_dataset(predict, val_data, class_names, ("voc07",), on_batch=draw)
+            return result, speed, drawn
+
+        evaluation = cb.PeriodicEvaluation(options.eval_every, evaluate_fn, model_dir, detector, state,
+                                           log_dir=log_dir, stream=stream)
+        callbacks.append(evaluation)
+
+    remaining = total_steps - start_step
+    stages = []
+    if start_step < options.arm_warmup_steps:
+        stages.append(("ARM warm-up", True, options.arm_warmup_steps - start_step))
+    if total_steps > max(start_step, options.arm_warmup_steps):
+        stages.append(("joint", False, total_steps - max(start_step, options.arm_warmup_steps)))
+    _print(f"training {config.name} ({detector.count_params():,} parameters) on {num_train} images, "
+           f"{remaining} steps of {options.batch_size} images, lr {lr:g}, {replicas} replica(s), "
+           f"model_dir {model_dir}")
+    for name, arm_only, steps in stages:
+        if state.poisoned or state.preempted:
+            break
+        if len(stages) > 1 or arm_only:
+            _print(f"stage: {name}, {steps} steps")
+        trainer.arm_only = arm_only
+        trainer.train_function = None  # retrace for the stage
+        trainer.make_train_function(force=True)
+        train_data = train_data_from(int(optimizer.iterations.numpy()))
+        trainer.fit(train_data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+
+    if state.poisoned:
+        _print(state.message)
+        raise FloatingPointError(state.message)
+    finished = int(optimizer.iterations.numpy()) >= total_steps
+    if finished:
+        cb.save_weights_atomically(detector, os.path.join(model_dir, checkpoints.FINAL_WEIGHTS))
+    summary = {
+        "preset": config.name, "model_dir": os.path.abspath(model_dir),
+        "steps": int(optimizer.iterations.numpy()), "total_steps": total_steps, "finished": finished,
+        "preempted": state.preempted, "global_batch_size": options.batch_size, "replicas": replicas,
+        "final_losses": {k: progress.smoothed.get(k) for k in LOSS_NAMES},
+        "images_per_second": progress.history[-1]["images_per_second"] if progress.history else None,
+        "wall_seconds": round(time.time() - start_time, 1),
+        "evaluations": evaluation.history if evaluation else [],
+        "best": evaluation.best if evaluation else None,
+        "checkpoint": manager.latest_checkpoint,
+        "tensorboard": os.path.abspath(log_dir),
+    }
+    _write_json(os.path.join(model_dir, "metrics.json"), summary)
+    return summary
+
+
+def _freeze_backbone(detector):
+    heads = ("arm_", "tcb_", "odm_")
+    for layer in detector.layers:
+        if not layer.name.startswith(heads) and layer.weights:
+            layer.trainable = False
+
+
+def _draw_examples(images, targets, detections, config, class_names, limit):
+    """Validation images with true (red) and predicted (green, score >= 0.3) boxes, uint8 RGB."""
+    images = np.asarray(images)
+    out = []
+    for i in range(min(limit, images.shape[0])):
+        # Undo the preset's normalization for display.
+        x = images[i]
+        if config.preprocessing == "caffe_bgr":
+            rgb = (x + np.array(config.pixel_mean_bgr, np.float32))[..., ::-1]
+        else:
+            rgb = (x + 1.0) * 127.5
+        rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+        valid = np.asarray(targets["mask"][i])
+        rgb = cb.draw_boxes(rgb, np.asarray(targets["boxes"][i])[valid], (255, 0, 0))
+        n = int(detections["num_detections"][i])
+        scores = np.asarray(detections["detection_scores"][i][:n])
+        keep = scores >= 0.3
+        labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(
+            np.asarray(detections["detection_classes"][i][:n])[keep], scores[keep])]
+        rgb = cb.draw_boxes(rgb, np.asarray(detections["detection_boxes"][i][:n])[keep], (0, 255, 0), labels)
+        out.append(rgb.astype(np.float32) / 255.0)
+    return out
+
+
+# Training recipes for flags left unset. The demo trains a small model from scratch on the
+# synthetic set within minutes on a 2-core CPU, so it needs a much higher lr than the paper's
+# fine-tuning of ImageNet weights and a warm-up; the paper's recipe is lr 1e-3 at batch 32,
+# x0.1 at 2/3 and 5/6 of the run.
+_DEMO_RECIPE = dict(batch_size=16, steps=700, lr=0.01, warmup_steps=100, lr_schedule="cosine",
+                    eval_every=350)
+_PAPER_RECIPE = dict(batch_size=32, steps=None, lr=None, warmup_steps=0, lr_schedule="multistep",
+                     lr_boundaries=(0.667, 0.833), eval_every=0)
+
+
+def recipe_defaults(demo):
+    return dict(_DEMO_RECIPE if demo else _PAPER_RECIPE)
+
+
+def print_summary(summary, stream=None):
+    stream = stream or sys.stdout
+    rows = [
+        ("preset", summary["preset"]),
+        ("steps", f"{summary['steps']} / {summary['total_steps']}" + (" (preempted)" if summary["preempted"] else "")),
+        ("global batch", f"{summary['global_batch_size']} on {summary['replicas']} replica(s)"),
+        ("final total loss", f"{summary['final_losses'].get('total') or float('nan'):.4f}"),
+        ("images/s (last)", f"{summary['images_per_second'] or 0:.1f}"),
+        ("wall time", f"{summary['wall_seconds']:.0f} s"),
+    ]
+    for record in summary["evaluations"]:
+        value = record.get("voc07")
+        rows.append((f"VOC07 mAP @ step {record['step']}", "n/a" if value is None else f"{value:.4f}"))
+    if summary["best"]:
+        rows.append(("best", f"{summary['best']['voc07']:.4f} at step {summary['best']['step']}"))
+    model_dir = summary["model_dir"]
+    rows += [
+        ("checkpoint", summary["checkpoint"]),
+        ("best weights", os.path.join(model_dir, checkpoints.BEST_WEIGHTS)),
+        ("final weights", os.path.join(model_dir, checkpoints.FINAL_WEIGHTS)),
+        ("TensorBoard", f"tensorboard --logdir {summary['tensorboard']}"),
+        ("metrics", os.path.join(model_dir, "metrics.json")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "-" * (width + 50), file=stream)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}", file=stream)
+    print("-" * (width + 50), file=stream, flush=True)

@@ -1,0 +1,67 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import refinedet_tf
+from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
+from refinedet_tf.training.trainer import RefineDetTrainer
+
+
+def test_multistep_with_warmup_at_hand_picked_steps():
+    s = WarmupSchedule(0.01, total_steps=120, warmup_steps=10, schedule="multistep",
+                       boundaries=resolve_boundaries((0.667, 0.833), 120), warmup_start=0.1)
+    assert resolve_boundaries((0.667, 0.833), 120) == (80, 100)
+    expected = {0: 0.001, 5: 0.0055, 10: 0.01, 79: 0.01, 80: 0.001, 99: 0.001, 100: 0.0001, 119: 0.0001}
+    for step, lr in expected.items():
+        np.testing.assert_allclose(float(s(step)), lr, rtol=1e-5, err_msg=f"step {step}")
+
+
+def test_cosine_and_step_boundaries():
+    s = WarmupSchedule(0.02, total_steps=100, schedule="cosine")
+    np.testing.assert_allclose([float(s(t)) for t in (0, 50, 100, 150)], [0.02, 0.01, 0.0, 0.0], atol=1e-7)
+    assert resolve_boundaries((30, 60), 100) == (30, 60)
+    assert default_lr(32) == 1e-3 and default_lr(8) == 2.5e-4
+    with pytest.raises(ValueError, match="lr schedule must be"):
+        WarmupSchedule(0.1, 10, schedule="poly")
+
+
+def test_weight_decay_skips_biases_batchnorm_and_l2norm_scales():
+    config = refinedet_tf.get_preset("vgg16_320", image_size=64, num_classes=3)
+    detector = refinedet_tf.build_refinedet(config)
+    optimizer = make_optimizer(0.1, momentum=0.0, weight_decay=0.5)
+    variables = detector.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
+    for v, b in zip(variables, before):
+        if not np.any(b):
+            continue
+        ratio = v.numpy() / np.where(b == 0, 1, b)
+        if v.name in ("bias", "scale", "gamma", "beta"):
+            np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)  # untouched
+        else:
+            assert v.name == "kernel", v.path
+            np.testing.assert_allclose(ratio[b != 0], 1 - 0.1 * 0.5, rtol=1e-5, err_msg=v.path)
+    mobile = refinedet_tf.build_refinedet(refinedet_tf.get_preset("mobilenetv2_lite_192", image_size=64))
+    gammas = [v for v in mobile.trainable_variables if v.name == "gamma"]
+    opt = make_optimizer(0.1, momentum=0.0, weight_decay=0.5)
+    opt.apply_gradients([(tf.zeros_like(v), v) for v in gammas])
+    assert all(np.all(v.numpy() == 1.0) for v in gammas)
+
+
+def test_arm_only_stage_updates_only_the_arm_path():
+    config = refinedet_tf.get_preset("mobilenetv2_lite_192", image_size=64)
+    trainer = RefineDetTrainer(refinedet_tf.build_refinedet(config), config)
+    trainer.compile(optimizer=make_optimizer(0.05, weight_decay=5e-4))
+    trainer.arm_only = True
+    odm = [v for v in trainer.trainable_variables if v.path.startswith(("tcb_", "odm_"))]
+    arm = [v for v in trainer.trainable_variables if v.path.startswith("arm_")]
+    assert odm and arm and len(trainer.arm_path_variables()) == len(trainer.trainable_variables) - len(odm)
+    before_odm = [v.numpy().copy() for v in odm]
+    before_arm = [v.numpy().copy() for v in arm]
+    images = tf.random.stateless_uniform([2, 64, 64, 3], [0, 1], -1, 1)
+    targets = {"boxes": tf.constant([[[0.1, 0.1, 0.6, 0.5]]] * 2), "classes": tf.constant([[2]] * 2),
+               "mask": tf.constant([[True]] * 2)}
+    trainer.fit(tf.data.Dataset.from_tensors((images, targets)).repeat(2), epochs=1, verbose=0)
+    assert all(np.array_equal(v.numpy(), b) for v, b in zip(odm, before_odm))
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(arm, before_arm))

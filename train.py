@@ -1,0 +1,111 @@
+"""Trains RefineDet.
+
+  python train.py                                   # the demo: synthetic data, CPU-sized model
+  python train.py --preset vgg16_320 --data VOCdevkit/VOC2007 --split trainval \
+      --val_data VOCdevkit/VOC2007 --val_split test --label_map data/voc_labelmap.txt \
+      --backbone_weights imagenet --batch_size 32 --steps 120000 --strategy mirrored
+
+Run `python train.py --helpfull` for every flag. A run writes config.json, train_options.json,
+checkpoints/, best.weights.h5 (best validation mAP), final.weights.h5, logs/ (TensorBoard) and
+metrics.json into --model_dir; started again on the same --model_dir it resumes.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", None, "model preset (default: the demo preset mobilenetv2_lite_192)")
+flags.DEFINE_string("data", None, "training data: VOC folder, COCO JSON or TFRecord glob "
+                    "(default: the embedded synthetic dataset, generated on first use)")
+flags.DEFINE_string("split", "train", "VOC split of --data (ImageSets/Main/<split>.txt)")
+flags.DEFINE_string("val_data", None, "validation data (default with the synthetic set: its val split)")
+flags.DEFINE_string("val_split", "val", "VOC split of --val_data")
+flags.DEFINE_string("label_map", None, "label map file (names, one per line, or .pbtxt)")
+flags.DEFINE_string("model_dir", "runs/refinedet", "where checkpoints, logs and metrics go")
+flags.DEFINE_integer("batch_size", None, "global batch size (all replicas)")
+flags.DEFINE_integer("steps", None, "training steps (default: the recipe's, or --epochs)")
+flags.DEFINE_float("epochs", None, "training length in passes over --data (instead of --steps)")
+flags.DEFINE_float("lr", None, "base learning rate (default: 1e-3 x batch/32, the paper's)")
+flags.DEFINE_integer("warmup_steps", None, "linear warm-up steps")
+flags.DEFINE_enum("lr_schedule", None, ["multistep", "cosine"], "learning-rate decay")
+flags.DEFINE_list("lr_boundaries", None, "multistep boundaries: fractions of the run (< 1) or steps")
+flags.DEFINE_float("weight_decay", 5e-4, "decoupled weight decay on kernels (not biases/BN/L2Norm)")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum")
+flags.DEFINE_integer("grad_accum_steps", 1, "batches accumulated per update (Caffe's iter_size)")
+flags.DEFINE_string("backbone_weights", None, "none, imagenet, or a local weights file")
+flags.DEFINE_bool("freeze_backbone", False, "train the heads only")
+flags.DEFINE_bool("mixed_precision", False, "mixed_float16 on GPU, mixed_bfloat16 elsewhere")
+flags.DEFINE_bool("jit_compile", False, "compile the train step with XLA")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG)")
+flags.DEFINE_integer("seed", 0, "seed of initialization, shuffling and augmentation")
+flags.DEFINE_bool("deterministic", False, "deterministic ops and data order (slower)")
+flags.DEFINE_integer("eval_every", None, "evaluate VOC07 mAP every N steps (0: at the end only)")
+flags.DEFINE_integer("checkpoint_every", 200, "save a checkpoint every N steps")
+flags.DEFINE_integer("keep_checkpoints", 3, "checkpoints kept")
+flags.DEFINE_integer("arm_warmup_steps", 0, "optional ARM-only stage before joint training")
+flags.DEFINE_integer("max_boxes", 100, "boxes per image after padding")
+flags.DEFINE_bool("truncate_boxes", False, "drop (and count) boxes beyond --max_boxes instead of failing")
+flags.DEFINE_integer("num_classes", None, "override the preset's num_classes (with background)")
+flags.DEFINE_integer("image_size", None, "override the preset's input size")
+flags.DEFINE_enum("mining", None, ["hard_negative", "ohem", "focal"], "sample selection of the losses")
+flags.DEFINE_enum("negative_filtering", None, ["caffe", "pytorch"], "theta filter of the ODM")
+flags.DEFINE_integer("max_eval_images", None, "evaluate on at most this many validation images")
+
+
+def options_from_flags():
+    from refinedet_tf.training.run import DEMO_PRESET, TrainOptions, recipe_defaults  # pylint: disable=import-outside-toplevel
+
+    overrides = {k: getattr(FLAGS, k) for k in (
+        "num_classes", "image_size", "mining", "negative_filtering", "backbone_weights")
+        if getattr(FLAGS, k) is not None}
+    options = dict(
+        preset=FLAGS.preset or DEMO_PRESET, config_overrides=overrides, data=FLAGS.data,
+        val_data=FLAGS.val_data, split=FLAGS.split, val_split=FLAGS.val_split, label_map=FLAGS.label_map,
+        model_dir=FLAGS.model_dir, epochs=FLAGS.epochs, weight_decay=FLAGS.weight_decay,
+        momentum=FLAGS.momentum, grad_accum_steps=FLAGS.grad_accum_steps,
+        freeze_backbone=FLAGS.freeze_backbone, mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile, strategy=FLAGS.strategy, seed=FLAGS.seed,
+        deterministic=FLAGS.deterministic, checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints, arm_warmup_steps=FLAGS.arm_warmup_steps,
+        max_boxes=FLAGS.max_boxes, truncate_boxes=FLAGS.truncate_boxes,
+        max_eval_images=FLAGS.max_eval_images)
+    # Flags left unset take the recipe's value: the demo recipe on the synthetic set, the
+    # paper's otherwise (see refinedet_tf/training/run.py).
+    recipe = recipe_defaults(demo=FLAGS.data is None)
+    for name in ("batch_size", "steps", "lr", "warmup_steps", "lr_schedule", "lr_boundaries", "eval_every"):
+        value = getattr(FLAGS, name)
+        if name == "lr_boundaries" and value is not None:
+            value = tuple(float(v) for v in value)
+        if value is None:
+            value = recipe.get(name)
+        if value is not None:
+            options[name] = value
+    if FLAGS.epochs is not None and FLAGS.steps is None:
+        options["steps"] = None
+    return TrainOptions(**options)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from refinedet_tf.training.run import print_summary, train  # pylint: disable=import-outside-toplevel
+
+    options = options_from_flags()
+    try:
+        summary = train(options)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except FloatingPointError:
+        return 3
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
