@@ -3,6 +3,8 @@
 import keras
 
 from refinedet_tf.backbones import backbone_sources
+
+BATCH_NORM_MOMENTUM = 0.99
 from refinedet_tf.heads import (anchor_refinement_module, object_detection_module,
                                 transfer_connection_blocks)
 
@@ -26,4 +28,12 @@ def build_refinedet(config):
     tcb = transfer_connection_blocks(sources, config.tcb_channels)
     odm_loc, odm_conf = object_detection_module(tcb, k, config.num_classes)
     outputs = {"arm_loc": arm_loc, "arm_conf": arm_conf, "odm_loc": odm_loc, "odm_conf": odm_conf}
-    return keras.Model(images, outputs, name=f"refinedet_{config.name}")
+    model = keras.Model(images, outputs, name=f"refinedet_{config.name}")
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # keras.applications' MobileNetV2 uses 0.999: its moving statistics need ~5,000
+            # steps to forget their initial values, so a short run (or any run from scratch)
+            # evaluates with wrong statistics. 0.99 forgets them within ~500 steps and changes
+            # nothing for long fine-tuning runs.
+            layer.momentum = BATCH_NORM_MOMENTUM
+    return model

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -232,6 +233,11 @@ def train(options, stream=None, extra_callbacks=()):
     pipeline_kwargs = dict(seed=options.seed, max_boxes=options.max_boxes, truncate_boxes=options.truncate_boxes,
                            deterministic=options.deterministic or options.seed is not None,
                            num_parallel_calls=options.num_parallel_calls or tf.data.AUTOTUNE)
+    def loss_inputs(images, targets):
+        # Only what the loss reads, all numeric (see RefineDetTrainer.compute_losses).
+        return images, {"boxes": targets["boxes"], "classes": targets["classes"],
+                        "mask": tf.cast(targets["mask"], tf.float32)}
+
     def train_data_from(step):
         """The training stream positioned at `step`: a resumed run continues exactly where the
         killed run stopped (same shuffle order, same per-example augmentation seeds)."""
@@ -242,12 +248,13 @@ def train(options, stream=None, extra_callbacks=()):
                     examples = examples.shard(context.num_input_pipelines, context.input_pipeline_id)
                 per_replica = context.get_per_replica_batch_size(options.batch_size)
                 data = make_dataset(examples, config, per_replica, training=True,
-                                    seed_stream=context.input_pipeline_id, **pipeline_kwargs)
+                                    seed_stream=context.input_pipeline_id, **pipeline_kwargs).map(loss_inputs)
                 # Each step takes one batch per local replica from this pipeline.
                 local_replicas = replicas // context.num_input_pipelines
                 return data.skip(step * local_replicas) if step else data
             return strategy.distribute_datasets_from_function(dataset_fn)
         data = make_dataset(examples_fn(), config, options.batch_size, training=True, **pipeline_kwargs)
+        data = data.map(loss_inputs)
         return data.skip(step) if step else data
 
     state = cb.RunState()
@@ -322,6 +329,8 @@ def train(options, stream=None, extra_callbacks=()):
         "tensorboard": os.path.abspath(log_dir),
     }
     _write_json(os.path.join(model_dir, "metrics.json"), summary)
+    if not is_chief:
+        shutil.rmtree(model_dir, ignore_errors=True)  # a worker's scratch copy of the chief's files
     return summary
 
 

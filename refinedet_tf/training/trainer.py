@@ -49,7 +49,10 @@ class RefineDetTrainer(keras.Model):
     def compute_losses(self, images, targets, training):
         """-> dict of the four losses and `total`, normalized by the global positives."""
         outputs = self.detector(images, training=training)
-        terms = refinedet_loss_terms(outputs, targets["boxes"], targets["classes"], targets["mask"],
+        # The mask may arrive as numbers: Keras' symbolic build averages a first distributed
+        # batch over replicas, which bool (and string) tensors cannot go through.
+        mask = tf.cast(targets["mask"], tf.bool)
+        terms = refinedet_loss_terms(outputs, targets["boxes"], targets["classes"], mask,
                                      self.anchors_yxyx, self.config)
         counts = tf.cast(tf.stack([terms["arm"]["num_pos"], terms["odm"]["num_pos"]]), tf.float32)
         counts = _sum_over_replicas(counts)

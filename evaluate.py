@@ -1,0 +1,54 @@
+"""Evaluates a RefineDet model (or a detections file) with VOC07, VOC2010+ and COCO metrics.
+
+  python evaluate.py --checkpoint runs/refinedet --data ~/.cache/refinedet_tf/synthetic-v1 --split val
+  python evaluate.py --saved_model export/1 --data VOCdevkit/VOC2007 --split test \
+      --label_map data/voc_labelmap.txt --metrics voc07,voc12 --output_dir eval/
+  python evaluate.py --detections dets.json --data annotations/instances_val2017.json --metrics coco
+
+Prints a per-class AP table and the summary; with --output_dir writes metrics.json,
+detections.json (COCO results format, original-image pixels) and PR curves (PNG, needs the
+`plot` extra). Speed: model-only and end-to-end images/s, with the batch size and device.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "model_dir, .weights.h5 or checkpoint prefix")
+flags.DEFINE_string("saved_model", None, "a SavedModel exported by export_saved_model.py (its version folder)")
+flags.DEFINE_string("detections", None, "a COCO results JSON to score instead of running a model")
+flags.DEFINE_string("preset", None, "check the checkpoint against this preset")
+flags.DEFINE_string("data", None, "VOC folder, COCO JSON or TFRecord glob", required=True)
+flags.DEFINE_enum("format", None, ["voc", "coco", "tfrecord"], "dataset format (default: detected)")
+flags.DEFINE_string("split", "val", "VOC split (ImageSets/Main/<split>.txt)")
+flags.DEFINE_string("label_map", None, "label map file")
+flags.DEFINE_list("metrics", ["voc07"], "any of voc07, voc12, coco")
+flags.DEFINE_string("output_dir", None, "where metrics.json, detections.json and PR curves go")
+flags.DEFINE_integer("batch_size", 8, "images per batch (checkpoints)")
+flags.DEFINE_integer("max_images", None, "evaluate at most this many images")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from refinedet_tf.evaluation.command import EvalOptions, run  # pylint: disable=import-outside-toplevel
+
+    options = EvalOptions(
+        data=FLAGS.data, checkpoint=FLAGS.checkpoint, saved_model=FLAGS.saved_model, detections=FLAGS.detections,
+        preset=FLAGS.preset, format=FLAGS.format, split=FLAGS.split, label_map=FLAGS.label_map,
+        metrics=tuple(FLAGS.metrics), output_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size,
+        max_images=FLAGS.max_images)
+    try:
+        run(options)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,210 @@
+"""What `evaluate.py` does: a model (checkpoint or SavedModel) or a detections file against a
+dataset's ground truth; tables, metrics.json, detections.json, PR curves, speed.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from refinedet_tf.data.example import coco_xywh_to_normalized
+from refinedet_tf.evaluation.plots import plot_pr_curves
+from refinedet_tf.evaluation.report import format_ap_table
+from refinedet_tf.evaluation.results import (
+    coco_results_to_detections, read_coco_results, write_coco_results)
+from refinedet_tf.evaluation.runner import DetectionEvaluation, summary_map
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    data: str
+    checkpoint: str | None = None
+    saved_model: str | None = None
+    detections: str | None = None
+    preset: str | None = None
+    format: str | None = None
+    split: str | None = None
+    label_map: str | None = None
+    metrics: tuple = ("voc07",)
+    output_dir: str | None = None
+    batch_size: int = 8
+    max_images: int | None = None
+
+
+def _device_name():
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else "CPU"
+
+
+def _ground_truth_batches(metadata):
+    """Metadata entries -> per-image ground-truth records (no pixels needed)."""
+    for meta in metadata:
+        boxes = np.asarray(meta["boxes"], np.float32).reshape(-1, 4)
+        yield {
+            "image_id": [meta["image_id"]], "height": [meta["height"]], "width": [meta["width"]],
+            "boxes": boxes[None], "classes": np.asarray(meta["classes"])[None],
+            "mask": np.ones((1, len(boxes)), bool), "difficult": np.asarray(meta["difficult"], bool)[None],
+            "is_crowd": np.asarray(meta["is_crowd"], bool)[None],
+        }
+
+
+def _empty_detections():
+    return {"detection_boxes": np.zeros((1, 0, 4), np.float32), "detection_scores": np.zeros((1, 0), np.float32),
+            "detection_classes": np.zeros((1, 0), np.int64), "num_detections": np.zeros((1,), np.int64)}
+
+
+def _detections_from_file(options, reader, names):
+    """Scores a COCO results file: boxes are COCO-convention pixels of the original images."""
+    dataset_ids = list(reader.label_map.dataset_ids)
+    is_coco = reader.format == "coco" if hasattr(reader, "format") else False
+    known_ids = {(int(m["image_id"]) if is_coco else m["image_id"]) for m in reader.metadata}
+    entries = read_coco_results(options.detections, known_image_ids=known_ids,
+                                known_category_ids=set(dataset_ids[1:]))
+    by_image = coco_results_to_detections(entries, category_ids=dataset_ids)
+    evaluation = DetectionEvaluation(names, options.metrics, category_ids=dataset_ids)
+    for targets in _ground_truth_batches(reader.metadata):
+        key = int(targets["image_id"][0]) if is_coco else targets["image_id"][0]
+        if key in by_image:
+            boxes_px, scores, classes = by_image[key]
+            h, w = int(targets["height"][0]), int(targets["width"][0])
+            # The reader's own converter takes COCO xywh; our arrays are yxyx pixels.
+            y0, x0, y1, x1 = np.asarray(boxes_px, np.float64).reshape(-1, 4).T
+            norm = coco_xywh_to_normalized(np.stack([x0, y0, x1 - x0, y1 - y0], -1), h, w)
+            det = {"detection_boxes": norm[None], "detection_scores": np.asarray(scores)[None],
+                   "detection_classes": np.asarray(classes)[None], "num_detections": np.array([len(scores)])}
+        else:
+            det = _empty_detections()
+        evaluation.add_batch(targets, det)
+    return evaluation, None, None
+
+
+def _model_detections(options, reader, names, stream):
+    """Runs a checkpoint or SavedModel over the images; returns (evaluation, detections by image, speed)."""
+    from refinedet_tf.anchors import generate_anchors  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.checkpoints import load_model  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.data.pipeline import make_dataset  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.postprocess import detect  # pylint: disable=import-outside-toplevel
+
+    dataset_ids = list(reader.label_map.dataset_ids)
+    evaluation = DetectionEvaluation(names, options.metrics, category_ids=dataset_ids)
+    examples = reader.as_dataset()
+    if options.max_images:
+        examples = examples.take(options.max_images)
+    max_boxes = max([len(m["classes"]) for m in reader.metadata] + [1])
+    by_image = {}
+    model_seconds, images_done = 0.0, 0
+    start = time.perf_counter()
+    if options.saved_model:
+        serve = tf.saved_model.load(options.saved_model).signatures["serving_default"]
+        for example in examples:
+            t0 = time.perf_counter()
+            out = serve(input_tensor=tf.cast(example["image"], tf.uint8)[None])
+            num = int(out["num_detections"][0])
+            model_seconds += time.perf_counter() - t0
+            det = {"detection_boxes": out["detection_boxes"].numpy(), "detection_scores": out["detection_scores"].numpy(),
+                   "detection_classes": out["detection_classes"].numpy().astype(np.int64),
+                   "num_detections": np.array([num])}
+            # SavedModel classes are label-map (dataset) ids: back to contiguous ids.
+            lookup = {d: c for c, d in enumerate(dataset_ids)}
+            det["detection_classes"] = np.vectorize(lambda d: lookup.get(int(d), 0))(det["detection_classes"])
+            targets = next(_ground_truth_batches([_meta_of(example)]))
+            evaluation.add_batch(targets, det)
+            _keep(by_image, targets, det)
+            images_done += 1
+        mode = "SavedModel serving_default (resize + preprocess + model + NMS, batch 1)"
+    else:
+        model, config = load_model(options.checkpoint, preset=options.preset)
+        anchors = generate_anchors(config)
+        forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        post = tf.function(lambda o: detect(o, anchors, config), reduce_retracing=True)
+        data = make_dataset(examples, config, options.batch_size, training=False, max_boxes=max_boxes)
+        for images, targets in data:
+            t0 = time.perf_counter()
+            outputs = forward(images)
+            tf.nest.map_structure(lambda t: t.numpy(), outputs)
+            model_seconds += time.perf_counter() - t0
+            det = {k: v.numpy() for k, v in post(outputs).items()}
+            targets = {k: v.numpy() for k, v in targets.items()}
+            evaluation.add_batch(targets, det)
+            _keep(by_image, targets, det)
+            images_done += len(targets["image_id"])
+        mode = f"checkpoint, batch {options.batch_size}"
+    total = time.perf_counter() - start
+    speed = {"images": images_done, "mode": mode, "device": _device_name(),
+             "model_images_per_second": images_done / max(model_seconds, 1e-9),
+             "end_to_end_images_per_second": images_done / max(total, 1e-9)}
+    return evaluation, by_image, speed
+
+
+def _meta_of(example):
+    return {k: (example[k].numpy().decode() if k == "image_id" else example[k].numpy())
+            for k in ("image_id", "height", "width", "boxes", "classes", "difficult", "is_crowd")}
+
+
+def _keep(by_image, targets, det):
+    """Detections of a batch in original-image pixels (yxyx, COCO convention) for detections.json."""
+    for i, image_id in enumerate(targets["image_id"]):
+        image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+        n = int(det["num_detections"][i])
+        h, w = float(targets["height"][i]), float(targets["width"][i])
+        boxes = np.asarray(det["detection_boxes"][i][:n], np.float64) * [h, w, h, w]
+        by_image[image_id] = (boxes, np.asarray(det["detection_scores"][i][:n]),
+                              np.asarray(det["detection_classes"][i][:n]).astype(np.int64))
+
+
+def _ap_table_rows(result):
+    return format_ap_table({k: v for k, v in result.items() if k != "pr_curves"})
+
+
+def run(options, stream=None):
+    """Evaluates; prints the per-class table; writes outputs. Returns the metrics dict."""
+    from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
+
+    stream = stream or sys.stdout
+    sources = [s for s in (options.checkpoint, options.saved_model, options.detections) if s]
+    if len(sources) != 1:
+        raise ValueError("pass exactly one of --checkpoint, --saved_model, --detections")
+    fmt = options.format or data_lib.detect_format(options.data)
+    reader = data_lib.open_reader(options.data, fmt, options.split if fmt == "voc" else None, options.label_map,
+                                  keep_empty=True)
+    reader.format = fmt
+    names = list(reader.label_map.names)
+    if options.checkpoint:
+        from refinedet_tf.checkpoints import config_for_checkpoint  # pylint: disable=import-outside-toplevel
+        config = config_for_checkpoint(options.checkpoint, options.preset)
+        if config.num_classes != len(names):
+            raise ValueError(
+                f"the checkpoint predicts {config.num_classes - 1} classes but the label map of "
+                f"{options.data} has {len(names) - 1}: pass the label map the model was trained with")
+    if options.detections:
+        evaluation, by_image, speed = _detections_from_file(options, reader, names)
+    else:
+        evaluation, by_image, speed = _model_detections(options, reader, names, stream)
+    result = evaluation.result()
+    print(_ap_table_rows(result), file=stream)
+    metrics = {k: v for k, v in result.items() if k != "pr_curves"}
+    if speed:
+        metrics["speed"] = speed
+        print(f"speed on {speed['device']} ({speed['mode']}): model {speed['model_images_per_second']:.1f} img/s, "
+              f"end to end (decode + preprocess + model + NMS) {speed['end_to_end_images_per_second']:.1f} img/s "
+              f"over {speed['images']} images", file=stream)
+    if options.output_dir:
+        os.makedirs(options.output_dir, exist_ok=True)
+        with open(os.path.join(options.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True, default=float)
+        if by_image is not None:
+            is_coco = fmt == "coco"
+            keyed = {(int(k) if is_coco else k): v for k, v in by_image.items()}
+            write_coco_results(os.path.join(options.output_dir, "detections.json"), keyed,
+                               category_ids=list(reader.label_map.dataset_ids))
+        written = plot_pr_curves(result.get("pr_curves") or {}, os.path.join(options.output_dir, "pr_curves"))
+        print(f"wrote {options.output_dir}/metrics.json"
+              + (", detections.json" if by_image is not None else "")
+              + (f", {len(written)} PR curves" if written else ""), file=stream)
+    headline = {m: summary_map(result, m) for m in options.metrics}
+    print("summary: " + ", ".join(f"{m} {'n/a' if v is None else f'{v:.4f}'}" for m, v in headline.items()), file=stream)
+    return metrics
