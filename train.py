@@ -34,7 +34,9 @@ flags.DEFINE_integer("warmup_steps", None, "linear warm-up steps")
 flags.DEFINE_enum("lr_schedule", None, ["multistep", "cosine"], "learning-rate decay")
 flags.DEFINE_list("lr_boundaries", None, "multistep boundaries: fractions of the run (< 1) or steps")
 flags.DEFINE_float("weight_decay", 5e-4, "decoupled weight decay on kernels (not biases/BN/L2Norm)")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum (AdamW: beta_1)")
+flags.DEFINE_enum("optimizer", None, ["sgd", "adamw"], "sgd (the paper's; default) or adamw (the demo's)")
+flags.DEFINE_float("clip_grad_norm", None, "clip the global gradient norm (0: off)")
 flags.DEFINE_integer("grad_accum_steps", 1, "batches accumulated per update (Caffe's iter_size)")
 flags.DEFINE_string("backbone_weights", None, "none, imagenet, or a local weights file")
 flags.DEFINE_bool("freeze_backbone", False, "train the heads only")
@@ -77,7 +79,8 @@ def options_from_flags():
     # Flags left unset take the recipe's value: the demo recipe on the synthetic set, the
     # paper's otherwise (see refinedet_tf/training/run.py).
     recipe = recipe_defaults(demo=FLAGS.data is None)
-    for name in ("batch_size", "steps", "lr", "warmup_steps", "lr_schedule", "lr_boundaries", "eval_every"):
+    for name in ("batch_size", "steps", "lr", "warmup_steps", "lr_schedule", "lr_boundaries", "eval_every",
+                 "optimizer", "clip_grad_norm"):
         value = getattr(FLAGS, name)
         if name == "lr_boundaries" and value is not None:
             value = tuple(float(v) for v in value)

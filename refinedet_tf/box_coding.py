@@ -14,7 +14,9 @@ import tensorflow as tf
 # zero-size box finite and we keep it for parity with the reference targets. It makes
 # decode(encode(b)) differ from b by at most ~1e-5 relative in size.
 SIZE_EPSILON = 1e-5
-# exp() of a large predicted th/tw overflows to inf; clamp as torchvision does (log(1000/16)).
+# exp() of a large predicted th/tw overflows to inf, and a very negative one collapses the box
+# to zero size (whose encoding is then inf/NaN): clamp both ways at log(1000/16), the bound
+# torchvision uses. A box can grow or shrink at most 62.5x relative to its anchor per step.
 MAX_LOG_SCALE = 4.135166556742356
 
 
@@ -83,5 +85,5 @@ def decode_boxes(offsets, anchors_yxyx, variances):
     a = yxyx_to_cyxhw(anchors_yxyx)
     v = tf.constant(variances, offsets.dtype)
     centre = a[..., :2] + offsets[..., :2] * v[:2] * a[..., 2:]
-    size = a[..., 2:] * tf.exp(tf.minimum(offsets[..., 2:] * v[2:], MAX_LOG_SCALE))
+    size = a[..., 2:] * tf.exp(tf.clip_by_value(offsets[..., 2:] * v[2:], -MAX_LOG_SCALE, MAX_LOG_SCALE))
     return cyxhw_to_yxyx(tf.concat([centre, size], axis=-1))

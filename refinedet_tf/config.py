@@ -41,6 +41,8 @@ class RefineDetConfig:
     # Input normalization applied before the model (see preprocessing.py).
     preprocessing: str = "caffe_bgr"  # "caffe_bgr": BGR minus mean; "tf": RGB scaled to [-1, 1]
     pixel_mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)
+    # Training augmentation (seed 000): expand's canvas is up to this many times the image side.
+    max_expand_ratio: float = 4.0
     # Matching and losses.
     match_iou: float = 0.5
     neg_pos_ratio: int = 3
@@ -79,6 +81,8 @@ class RefineDetConfig:
                 f"{max(self.anchor_strides)}")
         if len(self.variances) != 4:
             raise ValueError(f"variances must have 4 entries, got {self.variances}")
+        if self.max_expand_ratio < 1.0:
+            raise ValueError(f"max_expand_ratio must be >= 1 (1 disables expand), got {self.max_expand_ratio}")
         for field in ("match_iou", "objectness_threshold", "score_threshold", "nms_iou", "ohem_nms_iou"):
             value = getattr(self, field)
             if not 0.0 <= value <= 1.0:

@@ -85,7 +85,11 @@ def multibox_loss_terms(loc_pred, conf_logits, loc_targets, class_targets, posit
       dict loc (sum), conf (sum), num_pos (int32 scalar: the normalizer), and the masks
       `positive`, `negative` [B, A] actually trained.
     """
-    loc_per_anchor = tf.reduce_sum(_smooth_l1(loc_pred - loc_targets), axis=-1)
+    # Only positives' regression counts; zeroing the rest BEFORE the loss keeps a non-finite
+    # target of an unused anchor (a collapsed refined anchor) from turning the gradient NaN
+    # (tf.where's backward multiplies the unselected branch's gradient by 0, and 0 * NaN = NaN).
+    diff = tf.where(positive[..., None], loc_pred - loc_targets, 0.0)
+    loc_per_anchor = tf.reduce_sum(_smooth_l1(diff), axis=-1)
     ce = _cross_entropy(conf_logits, class_targets)
     if config.mining == "hard_negative":
         num_pos_per_image = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)

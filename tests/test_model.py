@@ -12,7 +12,7 @@ def test_every_preset_builds_with_outputs_in_anchor_order(name):
     num_anchors = refinedet_tf.generate_anchors(config).shape[0]
     shapes = {k: tuple(v.shape) for k, v in model.output.items()}
     assert shapes == {"arm_loc": (None, num_anchors, 4), "arm_conf": (None, num_anchors, 2),
-                      "odm_loc": (None, num_anchors, 4), "odm_conf": (None, num_anchors, 21)}
+                      "odm_loc": (None, num_anchors, 4), "odm_conf": (None, num_anchors, config.num_classes)}
     assert all(v.dtype == "float32" for v in model.output.values())
 
 

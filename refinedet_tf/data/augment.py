@@ -441,7 +441,8 @@ def mirror_image_and_boxes(image, boxes_yxyx, flip):
 # ----------------------------------------------------------------------------- whole example
 
 
-def draw_augmentation(seed, boxes_yxyx, height, width, samplers=SSD_BATCH_SAMPLERS):
+def draw_augmentation(seed, boxes_yxyx, height, width, samplers=SSD_BATCH_SAMPLERS,
+                      max_expand_ratio=MAX_EXPAND_RATIO):
     """Every random decision for one training example, from one seed.
 
     Args:
@@ -453,7 +454,7 @@ def draw_augmentation(seed, boxes_yxyx, height, width, samplers=SSD_BATCH_SAMPLE
     interpolation (int32 scalar index into TRAIN_INTERPOLATIONS).
     """
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
-    expand = random_expand_params(seeds[1], height, width)
+    expand = random_expand_params(seeds[1], height, width, max_ratio=max_expand_ratio)
     boxes_px = boxes_to_canvas_pixels(boxes_yxyx, height, width, expand)
     canvas = tf.cast(tf.stack([expand["canvas_height"], expand["canvas_width"]] * 2), tf.float32)
     crop = sample_crop(seeds[2], boxes_px / canvas, expand["canvas_height"],
@@ -519,7 +520,7 @@ def augment_example(example, config, seed=None, augment=True):
         if seed is None:
             raise ValueError("augment_example(augment=True) needs a per-example seed (int [2])")
         height, width = tf.shape(image)[0], tf.shape(image)[1]
-        decisions = draw_augmentation(seed, boxes, height, width)
+        decisions = draw_augmentation(seed, boxes, height, width, max_expand_ratio=config.max_expand_ratio)
         pixels, boxes, keep = apply_augmentation(
             image, boxes, decisions, config.image_size, mean_pixel_rgb(config))
         boxes = tf.boolean_mask(boxes, keep)

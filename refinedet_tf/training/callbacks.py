@@ -33,7 +33,8 @@ def _step(model):
 
 
 def _floats(logs):
-    return {k: float(v) for k, v in (logs or {}).items()}
+    """Log values as floats (multi-worker runs log [1]-shaped tensors)."""
+    return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in (logs or {}).items()}
 
 
 def save_weights_atomically(model, path):

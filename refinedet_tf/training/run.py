@@ -52,6 +52,7 @@ class TrainOptions:
     momentum: float = 0.9
     grad_accum_steps: int = 1
     clip_grad_norm: float = 0.0
+    optimizer: str = "sgd"
     freeze_backbone: bool = False
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -212,7 +213,7 @@ def train(options, stream=None, extra_callbacks=()):
         trainer = RefineDetTrainer(detector, config)
         schedule = WarmupSchedule(lr, total_steps, options.warmup_steps, options.lr_schedule, boundaries)
         optimizer = make_optimizer(schedule, options.momentum, options.weight_decay, options.grad_accum_steps,
-                                   options.clip_grad_norm)
+                                   options.clip_grad_norm, options.optimizer)
         trainer.compile(optimizer=optimizer, jit_compile=options.jit_compile)
         optimizer.build(trainer.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=detector, optimizer=optimizer)

@@ -38,6 +38,16 @@ class RefineDetTrainer(keras.Model):
         self.config = config
         self.anchors_yxyx = generate_anchors(config)
         self.arm_only = False
+        self.built = True  # the detector is built; there is nothing else to create
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras averages a first distributed batch over the replicas to build
+        # the model symbolically; MultiWorkerMirroredStrategy's reduce fails on a dict of
+        # tensors. Nothing is left to build once the optimizer is (train.py builds it), and the
+        # loss and metrics are our own, so that pass is skipped.
+        if self.built and getattr(self.optimizer, "built", False):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def call(self, images, training=False):
         return self.detector(images, training=training)
@@ -84,4 +94,7 @@ class RefineDetTrainer(keras.Model):
         report["num_pos"] = losses["num_pos"]
         report["lr"] = tf.cast(self.optimizer.learning_rate, tf.float32) if hasattr(
             self.optimizer, "learning_rate") else tf.constant(0.0)
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces logs across workers with reduce(MEAN, axis=0): give it an axis.
+            report = {k: tf.reshape(v, [1]) for k, v in report.items()}
         return report

@@ -1,0 +1,93 @@
+"""Class-aware NMS made only of TFLite built-in ops (for the `.tflite` export).
+
+`tf.image.combined_non_max_suppression` (what `postprocess.detect` uses) has no TFLite
+built-in kernel. This module gives the same detections from ops that do: per class, the
+`pre_nms_top_k` best anchors (TOPK_V2, GATHER); each class's boxes shifted by
+`class_index * span` so that boxes of different classes can never overlap; then ONE greedy NMS
+over all candidates (NON_MAX_SUPPRESSION_V5). Greedy NMS over the shifted boxes makes, for each
+class, exactly the decisions of a per-class NMS (only boxes of the same class overlap), and it
+emits survivors in descending score order, so its first `max_detections` survivors are the
+`max_detections` best over the per-class results: `combined_non_max_suppression`'s answer
+(up to the order of equal scores).
+
+`span` is computed from the boxes (max coordinate - min coordinate + 1): decoded boxes are not
+clipped and may reach outside [0, 1], so a fixed offset of 2 per class (enough for boxes inside
+the image) is not always enough.
+"""
+
+import tensorflow as tf
+
+from refinedet_tf import postprocess
+
+
+def class_aware_nms(boxes_yxyx, scores, max_detections, iou_threshold, score_threshold,
+                    pre_nms_top_k):
+    """Class-aware greedy NMS of ONE image from built-in ops.
+
+    Args:
+      boxes_yxyx: [A, 4] float32 decoded boxes, normalized yxyx (any values, not clipped).
+      scores: [A, K] float32 object-class scores (background column removed), column k is
+        class k + 1. Scores <= score_threshold are never kept.
+      max_detections: M, the number of output rows (keep_top_k).
+      iou_threshold: a box is suppressed when its IoU with a kept box of its class is larger.
+      score_threshold: boxes need a score > score_threshold.
+      pre_nms_top_k: candidates per class before NMS (the reference's top_k).
+    Returns:
+      dict detection_boxes [M, 4] yxyx, detection_scores [M], detection_classes [M] int32
+      (1..K), num_detections int32 scalar; rows past num_detections are zero.
+    """
+    num_anchors, num_object_classes = scores.shape[-2], scores.shape[-1]
+    k = min(int(pre_nms_top_k), int(num_anchors))
+    scores = tf.where(scores > score_threshold, scores, 0.0)
+    top_scores, top_index = tf.math.top_k(tf.transpose(scores), k=k)  # [K, k]
+    candidates = tf.gather(boxes_yxyx, tf.reshape(top_index, [-1]))  # [K*k, 4]
+    candidate_scores = tf.reshape(top_scores, [-1])
+    class_index = tf.repeat(tf.range(num_object_classes, dtype=tf.int32), k)  # [K*k]
+    span = tf.reduce_max(candidates) - tf.reduce_min(candidates) + 1.0
+    shifted = candidates + (tf.cast(class_index, tf.float32) * span)[:, None]
+    selected, selected_scores, num_valid = tf.raw_ops.NonMaxSuppressionV5(
+        boxes=shifted, scores=candidate_scores, max_output_size=int(max_detections),
+        iou_threshold=float(iou_threshold), score_threshold=float(score_threshold),
+        soft_nms_sigma=0.0, pad_to_max_output_size=True)
+    valid = tf.range(int(max_detections)) < num_valid
+    valid_f = tf.cast(valid, tf.float32)
+    return {
+        "detection_boxes": tf.gather(candidates, selected) * valid_f[:, None],
+        "detection_scores": selected_scores * valid_f,
+        "detection_classes": (tf.gather(class_index, selected) + 1) * tf.cast(valid, tf.int32),
+        "num_detections": num_valid,
+    }
+
+
+def detect_builtin(outputs, anchors_yxyx, config, max_detections=None, score_threshold=None,
+                   nms_iou=None):
+    """`postprocess.detect` from TFLite built-in ops (and ops tf2onnx converts).
+
+    A batch whose static size is 1 (the TFLite export) runs `class_aware_nms` once; any other
+    batch maps it over the images (`tf.map_fn`, an ONNX Loop).
+
+    Args:
+      outputs: dict arm_loc [B, A, 4], arm_conf [B, A, 2], odm_loc [B, A, 4], odm_conf [B, A, C].
+      anchors_yxyx: [A, 4]. Thresholds default to the config's, as in `detect`.
+    Returns:
+      dict detection_boxes [B, M, 4] yxyx, detection_scores [B, M], detection_classes [B, M]
+      int32 (1..C-1, 0 in padding rows), num_detections [B] int32.
+    """
+    max_detections = config.max_detections if max_detections is None else max_detections
+    score_threshold = config.score_threshold if score_threshold is None else score_threshold
+    nms_iou = config.nms_iou if nms_iou is None else nms_iou
+    decoded = postprocess.decode(outputs, anchors_yxyx, config)
+
+    def one_image(boxes, scores):
+        return class_aware_nms(boxes, scores[:, 1:], max_detections, nms_iou, score_threshold,
+                               config.pre_nms_top_k)
+
+    if decoded["boxes"].shape[0] == 1:
+        result = one_image(decoded["boxes"][0], decoded["scores"][0])
+        return {name: value[None] for name, value in result.items()}
+    names = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+    mapped = tf.map_fn(
+        lambda args: tuple(one_image(*args)[name] for name in names),
+        (decoded["boxes"], decoded["scores"]),
+        fn_output_signature=(tf.float32, tf.float32, tf.int32, tf.int32))
+    return dict(zip(names, mapped))

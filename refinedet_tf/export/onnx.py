@@ -1,0 +1,100 @@
+"""ONNX export through tf2onnx (the `onnx` extra), checked with ONNX Runtime.
+
+The ONNX model is the SavedModel's `serving_default` end to end: input `input_tensor` uint8
+[N, H, W, 3] RGB of any size; bilinear warp resize and the preset's normalization; the
+network; two-step decoding; class-aware NMS. Outputs: detection_boxes [N, M, 4] float32
+normalized yxyx, detection_scores [N, M], detection_classes [N, M] float32 label-map ids,
+num_detections [N] float32.
+
+tf2onnx converts `CombinedNonMaxSuppression` only when boxes are shared across classes
+(RefineDet's are per class: "CombinedNonMaxSuppression only currently implemented for boxes
+shared across classes"), so the NMS here is the built-in class-aware one of `nms.py`
+(NonMaxSuppressionV5 -> ONNX NonMaxSuppression), mapped over the batch (an ONNX Loop). It gives
+the same detections as `postprocess.detect`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.export.nms import detect_builtin
+from refinedet_tf.export.saved_model import (
+    DEFAULT_MAX_DETECTIONS, INPUT_NAME, export_config, label_ids_table, read_model_files,
+    resize_and_preprocess, write_model_files)
+
+DEFAULT_OPSET = 17
+ONNX_FILE = "refinedet.onnx"
+
+
+def _require_tf2onnx():
+    try:
+        import tf2onnx  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ImportError("ONNX export needs tf2onnx: pip install 'refinedet-tf[onnx]'") from e
+    return tf2onnx
+
+
+def export_onnx(model, config, output_dir, max_detections=DEFAULT_MAX_DETECTIONS,
+                score_threshold=None, iou_threshold=None, label_map=None, opset=DEFAULT_OPSET):
+    """Writes `output_dir/refinedet.onnx` (+ `write_model_files`) and returns its path.
+
+    Args: as `export_saved_model`; opset: the ONNX opset (17 by default).
+    """
+    tf2onnx = _require_tf2onnx()
+    config = export_config(config, max_detections, score_threshold, iou_threshold)
+    anchors = generate_anchors(config)
+    # Constants are made inside the function: a tensor captured from outside would become a
+    # second ONNX graph input.
+    label_ids = label_ids_table(config, label_map).astype(np.float32)
+    spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec])
+    def serve(input_tensor):
+        outputs = model(resize_and_preprocess(input_tensor, config), training=False)
+        result = detect_builtin(outputs, anchors, config)
+        valid = tf.range(config.max_detections)[None, :] < result["num_detections"][:, None]
+        return {
+            "detection_boxes": result["detection_boxes"],
+            "detection_scores": result["detection_scores"],
+            "detection_classes": tf.where(
+                valid, tf.gather(tf.constant(label_ids), result["detection_classes"]), 0.0),
+            "num_detections": tf.cast(result["num_detections"], tf.float32),
+        }
+
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, ONNX_FILE)
+    tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset, output_path=path)
+    write_model_files(output_dir, config, label_map)
+    return path
+
+
+class OnnxDetector:
+    """An exported `.onnx` in an ONNX Runtime session (CPU), with its config beside it.
+
+    Call it with uint8 [N, H, W, 3] RGB (or one [H, W, 3] image); returns the output dict.
+    """
+
+    def __init__(self, path, num_threads=2):
+        import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+
+        self.config, self.class_names, self.label_ids = read_model_files(
+            os.path.dirname(os.path.abspath(path)))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, images):
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not images.shape[0]:
+            raise ValueError(f"expected uint8 [N, H, W, 3] RGB images with N >= 1, got "
+                             f"{images.dtype} {list(images.shape)}")
+        values = self.session.run(None, {INPUT_NAME: images})
+        return dict(zip(self.output_names, values))

@@ -1,0 +1,217 @@
+"""TFLite export: built-in ops only, runs in the stock LiteRT interpreter, matches the Keras
+detections (fp32 exactly, fp16 closely), int8 keeps the mAP; and the built-in class-aware NMS."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from refinedet_tf import detect, generate_anchors, preprocess_images
+from refinedet_tf.checkpoints import load_model
+from refinedet_tf.export import TFLiteDetector, calibration_images, class_aware_nms, export_tflite
+from refinedet_tf.export.tflite import POSTPROCESS_FILE, make_interpreter
+from test_export_saved_model import (LABEL_IDS, MAX_DETECTIONS, assert_same_detections,
+                                     keras_detections, make_checkpoint)
+
+pytest.importorskip("ai_edge_litert", reason="the TFLite tests run models in ai-edge-litert")
+
+
+def op_names(path):
+    interpreter = make_interpreter(path)
+    return {op["op_name"] for op in interpreter._get_ops_details()}  # pylint: disable=protected-access
+
+
+def assert_builtin_only(path):
+    ops = op_names(path)
+    assert not {op for op in ops if "FLEX" in op.upper() or "CUSTOM" in op.upper()}, ops
+    # Keras variables must be frozen into constants, not kept as resource variables.
+    assert not ops & {"VAR_HANDLE", "READ_VARIABLE"}, ops
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tflite")
+    checkpoint = make_checkpoint(root / "model")
+    model, config = load_model(checkpoint)
+    from refinedet_tf.data.label_map import load_label_map
+
+    label_map = load_label_map(os.path.join(checkpoint, "labelmap.pbtxt"))
+    return {"root": root, "model": model, "config": config, "label_map": label_map}
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    rng = np.random.RandomState(5)
+    return [rng.randint(0, 256, shape).astype(np.uint8) for shape in [(128, 128, 3), (90, 150, 3)]]
+
+
+def test_fp32_matches_the_keras_model(small, test_images):
+    out_dir = str(small["root"] / "fp32")
+    paths = export_tflite(small["model"], small["config"], out_dir, "fp32",
+                          max_detections=MAX_DETECTIONS, label_map=small["label_map"])
+    assert [os.path.basename(p) for p in paths] == ["refinedet_fp32.tflite"]
+    assert_builtin_only(paths[0])
+    assert "NON_MAX_SUPPRESSION_V5" in op_names(paths[0])
+    detector = TFLiteDetector(paths[0])
+    assert detector.class_names == ["background", "circle", "square", "star"]
+    details = detector.interpreter.get_input_details()[0]
+    assert list(details["shape"]) == [1, 128, 128, 3] and details["dtype"] == np.float32
+    for image in test_images:
+        ours = detector(image)
+        reference = keras_detections(small["model"], small["config"], image[None])
+        assert ours["num_detections"].dtype == np.float32
+        assert_same_detections(ours, reference, box_atol=1e-3, score_atol=1e-4)
+        assert reference["num_detections"][0] > 0
+
+
+def test_fp16_is_close_to_the_keras_model(small, test_images):
+    paths = export_tflite(small["model"], small["config"], str(small["root"] / "fp16"), "fp16",
+                          max_detections=MAX_DETECTIONS, label_map=small["label_map"])
+    assert_builtin_only(paths[0])
+    fp32_size = 4 * small["model"].count_params()
+    assert os.path.getsize(paths[0]) < 0.6 * fp32_size  # float16 weights
+    detector = TFLiteDetector(paths[0])
+    for image in test_images:
+        ours = detector(image)
+        reference = keras_detections(small["model"], small["config"], image[None])
+        # float16 weights move scores by ~1e-3: compare the best detections, which are
+        # separated by more than that.
+        assert_same_detections(ours, reference, box_atol=1e-2, score_atol=5e-3, rows=3)
+
+
+def test_int8_network_is_integer_and_post_processing_float(small, test_images):
+    calibration = [tf.image.resize(tf.cast(i[None], tf.float32), [128, 128]).numpy() / 127.5 - 1
+                   for i in test_images] * 2
+    paths = export_tflite(small["model"], small["config"], str(small["root"] / "int8"), "int8",
+                          representative_images=calibration, max_detections=MAX_DETECTIONS,
+                          label_map=small["label_map"])
+    assert [os.path.basename(p) for p in paths] == ["refinedet_int8.tflite", POSTPROCESS_FILE]
+    for path in paths:
+        assert_builtin_only(path)
+    interpreter = make_interpreter(paths[0])
+    conv_inputs = [interpreter._get_tensor_details(op["inputs"][1], 0)["dtype"]  # pylint: disable=protected-access
+                   for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]  # pylint: disable=protected-access
+    assert conv_inputs and all(d == np.int8 for d in conv_inputs)
+    assert "NON_MAX_SUPPRESSION_V5" in op_names(paths[1])
+    assert os.path.getsize(paths[0]) < 0.35 * 4 * small["model"].count_params()
+    detector = TFLiteDetector(paths[0])
+    out = detector(test_images[0])
+    assert out["detection_boxes"].shape == (1, MAX_DETECTIONS, 4)
+    n = int(out["num_detections"][0])
+    assert n > 0 and set(out["detection_classes"][0, :n]) <= set(LABEL_IDS[1:])
+    with pytest.raises(ValueError, match="needs representative_images"):
+        export_tflite(small["model"], small["config"], str(small["root"] / "x"), "int8")
+
+
+def test_detector_checks_its_input(small):
+    path = str(small["root"] / "fp32" / "refinedet_fp32.tflite")
+    if not os.path.exists(path):
+        pytest.skip("needs the fp32 export of test_fp32_matches_the_keras_model")
+    detector = TFLiteDetector(path)
+    with pytest.raises(ValueError, match=r"expected preprocessed images \[1, 128, 128, 3\]"):
+        detector.run(np.zeros((1, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="expected one RGB image"):
+        detector(np.zeros((2, 64, 64, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------------ NMS and data
+def test_class_aware_nms_equals_combined_nms():
+    """Boxes reaching outside [0, 1] (decoded boxes are not clipped), several classes, a
+    per-class top-k smaller than the anchors, more survivors than max_detections."""
+    rng = np.random.RandomState(0)
+    num_anchors, num_classes = 600, 5
+    centres = rng.uniform(-0.3, 1.3, (num_anchors, 2))
+    sizes = rng.uniform(0.02, 0.6, (num_anchors, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, (num_anchors, num_classes)).astype(np.float32) ** 3
+    for top_k, max_det, iou in [(100, 50, 0.45), (600, 300, 0.3), (40, 100, 0.6)]:
+        ours = class_aware_nms(tf.constant(boxes), tf.constant(scores), max_det, iou, 0.05, top_k)
+        top_scores, top_index = tf.math.top_k(tf.transpose(scores), k=top_k)
+        per_class_boxes = tf.transpose(tf.gather(boxes, top_index), [1, 0, 2])[None, :, :, :]
+        expected = tf.image.combined_non_max_suppression(
+            per_class_boxes, tf.transpose(top_scores)[None], top_k, max_det, iou, 0.05,
+            pad_per_class=False, clip_boxes=False)
+        n = int(expected.valid_detections[0])
+        assert int(ours["num_detections"]) == n
+        np.testing.assert_allclose(ours["detection_scores"][:n], expected.nmsed_scores[0, :n], atol=1e-6)
+        np.testing.assert_allclose(ours["detection_boxes"][:n], expected.nmsed_boxes[0, :n], atol=1e-6)
+        np.testing.assert_array_equal(ours["detection_classes"][:n], expected.nmsed_classes[0, :n] + 1)
+        assert not np.any(ours["detection_boxes"][n:]) and not np.any(ours["detection_classes"][n:])
+
+
+def test_calibration_images_from_a_voc_folder_and_an_image_folder(small, tmp_path):
+    from refinedet_tf.data.synthetic import generate_voc_dataset
+
+    voc = generate_voc_dataset(str(tmp_path / "voc"), num_train=3, num_val=2, image_size=64)
+    config = small["config"]
+    images = calibration_images(voc, config, num_images=4)
+    assert len(images) == 4 and images[0].shape == (1, 128, 128, 3) and images[0].dtype == np.float32
+    assert -1.0 <= images[0].min() and images[0].max() <= 1.0  # mobilenet's "tf" normalization
+    assert len(calibration_images(voc, config, num_images=10, split="val")) == 2
+    assert len(calibration_images(os.path.join(voc, "JPEGImages"), config, num_images=100)) == 5
+    assert len(calibration_images(os.path.join(voc, "JPEGImages", "train_*.jpg"), config)) == 3
+    with pytest.raises(ValueError, match="no calibration image"):
+        calibration_images(str(tmp_path / "voc" / "JPEGImages" / "nothing_*.jpg"), config)
+
+
+# ------------------------------------------------------------------------------- int8 quality
+def _detection_pixels(boxes_yxyx, height, width):
+    """Normalized detections -> VOC pixel boxes, clipped to the image; a box under one pixel
+    keeps min <= max (the VOC +1 convention would otherwise invert it)."""
+    from refinedet_tf.data.example import normalized_to_voc_pixels
+
+    pixels = normalized_to_voc_pixels(np.clip(boxes_yxyx, 0.0, 1.0), height, width)
+    pixels[:, 2:] = np.maximum(pixels[:, 2:], pixels[:, :2])
+    return pixels
+
+
+def test_int8_keeps_95_percent_of_fp32_map(request, tmp_path):
+    """VOC07 mAP of the int8 .tflite >= 95% of the float model's (the Keras model with
+    `postprocess.detect`, which the fp32 .tflite equals: test_fp32_matches_the_keras_model)."""
+    try:
+        model_dir = request.getfixturevalue("tiny_trained_model_dir")
+        val_dir = request.getfixturevalue("synthetic_val_dir")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the tiny_trained_model_dir and synthetic_val_dir fixtures (conftest.py)")
+    from refinedet_tf.data import open_reader
+    from refinedet_tf.data.example import normalized_to_voc_pixels
+    from refinedet_tf.evaluation import VOCEvaluator
+
+    model, config = load_model(model_dir)
+    splits = os.listdir(os.path.join(val_dir, "ImageSets", "Main"))
+    val_split = "val" if "val.txt" in splits else None
+    # Calibrate on training images when the folder has them, else on the validation images.
+    calibration_split = "train" if "train.txt" in splits else val_split
+    calibration = calibration_images(val_dir, config, num_images=100, split=calibration_split)
+    (path, _) = export_tflite(model, config, str(tmp_path), "int8", representative_images=calibration,
+                              max_detections=100)
+    anchors = generate_anchors(config)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
+    def float_detect(images):
+        x = tf.image.resize(tf.cast(images, tf.float32), [config.image_size] * 2, method="bilinear")
+        return detect(model(preprocess_images(x, config), training=False), anchors, config,
+                      max_detections=100)
+
+    detectors = {
+        "fp32": lambda image: {k: v.numpy() for k, v in float_detect(image[None]).items()},
+        "int8": TFLiteDetector(path),
+    }
+    reader = open_reader(val_dir, split=val_split, keep_empty=True)
+    evaluators = {q: VOCEvaluator(reader.label_map.names, metrics=("voc07",)) for q in detectors}
+    for example in reader:
+        h, w = int(example["height"]), int(example["width"])
+        for quantization, detector in detectors.items():
+            evaluator = evaluators[quantization]
+            evaluator.add_ground_truth(example["image_id"], normalized_to_voc_pixels(example["boxes"], h, w),
+                                       example["classes"], example["difficult"])
+            out = detector(example["image"])
+            n = int(out["num_detections"][0])
+            evaluator.add_detections(example["image_id"], _detection_pixels(out["detection_boxes"][0, :n], h, w),
+                                     out["detection_scores"][0, :n], out["detection_classes"][0, :n].astype(int))
+    fp32 = evaluators["fp32"].evaluate()["voc07"]["mAP"]
+    int8 = evaluators["int8"].evaluate()["voc07"]["mAP"]
+    print(f"VOC07 mAP: float {fp32:.4f}, int8 {int8:.4f} ({int8 / fp32:.1%})")
+    assert fp32 > 0.1, f"the trained fixture model should detect something (float mAP {fp32:.3f})"
+    assert int8 >= 0.95 * fp32, f"int8 mAP {int8:.4f} < 95% of float {fp32:.4f}"
