@@ -109,3 +109,27 @@ def coco_json_from_voc_items(path, items, sizes, categories=((3, "cat"), (7, "do
     with open(path, "w") as f:
         json.dump(data, f)
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small trained model (the demo preset trained by `python train.py`, committed so that tests
+# of evaluation and export see real detections) and the synthetic val split it was not
+# trained on.
+
+TRAINED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "data", "demo_model")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_model_dir():
+    if not os.path.exists(os.path.join(TRAINED_MODEL_DIR, "best.weights.h5")):
+        pytest.fail(f"missing {TRAINED_MODEL_DIR}/best.weights.h5 (see tests/data/demo_model/README.md)")
+    return TRAINED_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def synthetic_val_dir(tmp_path_factory):
+    """The first 48 val images of the default synthetic set (same seed: same pixels)."""
+    from refinedet_tf.data.synthetic import generate_voc_dataset
+
+    return generate_voc_dataset(str(tmp_path_factory.mktemp("synthetic") / "voc"), num_train=0, num_val=48,
+                                image_size=256, seed=0)
