@@ -128,8 +128,9 @@ def tiny_trained_model_dir():
 
 @pytest.fixture(scope="session")
 def synthetic_val_dir(tmp_path_factory):
-    """The first 48 val images of the default synthetic set (same seed: same pixels)."""
+    """The first 48 val images of the default synthetic set (same seed: same pixels), plus its
+    first 16 train images (int8 calibration)."""
     from refinedet_tf.data.synthetic import generate_voc_dataset
 
-    return generate_voc_dataset(str(tmp_path_factory.mktemp("synthetic") / "voc"), num_train=0, num_val=48,
+    return generate_voc_dataset(str(tmp_path_factory.mktemp("synthetic") / "voc"), num_train=16, num_val=48,
                                 image_size=256, seed=0)

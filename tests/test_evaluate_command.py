@@ -49,7 +49,7 @@ def test_outputs_and_detections_file_round_trip(checkpoint_result, synthetic_val
     entries = json.loads((out / "detections.json").read_text())
     assert entries and set(entries[0]) == {"image_id", "category_id", "bbox", "score"}
     gt = COCO()
-    gt.dataset = {"images": [{"id": e["image_id"]} for e in entries[:1]], "annotations": [],
+    gt.dataset = {"images": [{"id": i} for i in sorted({e["image_id"] for e in entries})], "annotations": [],
                   "categories": [{"id": i} for i in range(1, 7)]}
     gt.createIndex()
     assert len(gt.loadRes(str(out / "detections.json")).getAnnIds()) == len(entries)
