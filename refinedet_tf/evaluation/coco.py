@@ -18,7 +18,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from refinedet_tf.evaluation.results import resolve_category_ids, yxyx_to_coco_xywh
-from refinedet_tf.evaluation.voc import as_boxes, as_classes, as_image_id, as_scores, as_vector, check_class_names
+from refinedet_tf.evaluation.voc import (
+    as_boxes, as_classes, as_detections, as_image_id, as_vector, check_class_names)
 
 # Order of COCOeval.stats for iouType "bbox" (see COCOeval.summarize).
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -82,13 +83,9 @@ class COCOEvaluator:
           scores: [K] float.
           classes: [K] int contiguous class ids in 1..C-1.
         """
-        image_id = as_image_id(image_id)
-        boxes = as_boxes(boxes_yxyx, "detection boxes_yxyx", image_id)
-        n = len(boxes)
-        scores = as_scores(scores, n, image_id)
-        classes = as_classes(classes, n, len(self.class_names), "detection classes", image_id)
-        if n:
-            self._dets.append((image_id, boxes, scores, classes))
+        detections = as_detections(image_id, boxes_yxyx, scores, classes, len(self.class_names))
+        if len(detections[1]):
+            self._dets.append(detections)
 
     def evaluate(self):
         """Runs COCOeval (evaluate, accumulate, summarize) with its printing silenced.

@@ -57,10 +57,9 @@ def _empty_detections():
             "detection_classes": np.zeros((1, 0), np.int64), "num_detections": np.zeros((1,), np.int64)}
 
 
-def _detections_from_file(options, reader, names):
+def _detections_from_file(options, reader, names, is_coco):
     """Scores a COCO results file: boxes are COCO-convention pixels of the original images."""
     dataset_ids = list(reader.label_map.dataset_ids)
-    is_coco = reader.format == "coco" if hasattr(reader, "format") else False
     known_ids = {(int(m["image_id"]) if is_coco else m["image_id"]) for m in reader.metadata}
     entries = read_coco_results(options.detections, known_image_ids=known_ids,
                                 known_category_ids=set(dataset_ids[1:]))
@@ -100,6 +99,8 @@ def _model_detections(options, reader, names, stream):
     start = time.perf_counter()
     if options.saved_model:
         serve = tf.saved_model.load(options.saved_model).signatures["serving_default"]
+        # SavedModel classes are label-map (dataset) ids: back to contiguous ids.
+        to_class_id = np.vectorize(dict((d, c) for c, d in enumerate(dataset_ids)).get, otypes=[np.int64])
         for example in examples:
             t0 = time.perf_counter()
             out = serve(input_tensor=tf.cast(example["image"], tf.uint8)[None])
@@ -108,9 +109,7 @@ def _model_detections(options, reader, names, stream):
             det = {"detection_boxes": out["detection_boxes"].numpy(), "detection_scores": out["detection_scores"].numpy(),
                    "detection_classes": out["detection_classes"].numpy().astype(np.int64),
                    "num_detections": np.array([num])}
-            # SavedModel classes are label-map (dataset) ids: back to contiguous ids.
-            lookup = {d: c for c, d in enumerate(dataset_ids)}
-            det["detection_classes"] = np.vectorize(lambda d: lookup.get(int(d), 0))(det["detection_classes"])
+            det["detection_classes"] = to_class_id(det["detection_classes"], 0)
             targets = next(_ground_truth_batches([_meta_of(example)]))
             evaluation.add_batch(targets, det)
             _keep(by_image, targets, det)
@@ -171,7 +170,6 @@ def run(options, stream=None):
     fmt = options.format or data_lib.detect_format(options.data)
     reader = data_lib.open_reader(options.data, fmt, options.split if fmt == "voc" else None, options.label_map,
                                   keep_empty=True)
-    reader.format = fmt
     names = list(reader.label_map.names)
     if options.checkpoint:
         from refinedet_tf.checkpoints import config_for_checkpoint  # pylint: disable=import-outside-toplevel
@@ -181,7 +179,7 @@ def run(options, stream=None):
                 f"the checkpoint predicts {config.num_classes - 1} classes but the label map of "
                 f"{options.data} has {len(names) - 1}: pass the label map the model was trained with")
     if options.detections:
-        evaluation, by_image, speed = _detections_from_file(options, reader, names)
+        evaluation, by_image, speed = _detections_from_file(options, reader, names, fmt == "coco")
     else:
         evaluation, by_image, speed = _model_detections(options, reader, names, stream)
     result = evaluation.result()

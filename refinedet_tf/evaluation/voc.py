@@ -234,6 +234,17 @@ def precision_recall(tp, fp, num_positives):
     return recall, precision
 
 
+def as_detections(image_id, boxes_yxyx, scores, classes, num_classes):
+    """Checked detections of one image -> (image_id, boxes [K, 4], scores [K], classes [K]);
+    the input checks every evaluator applies to `add_detections`."""
+    image_id = as_image_id(image_id)
+    boxes = as_boxes(boxes_yxyx, "detection boxes_yxyx", image_id)
+    n = len(boxes)
+    scores = as_scores(scores, n, image_id)
+    classes = as_classes(classes, n, num_classes, "detection classes", image_id)
+    return image_id, boxes, scores, classes
+
+
 class VOCEvaluator:
     """Accumulates boxes image by image and computes VOC AP per class (see module doc).
 
@@ -295,13 +306,9 @@ class VOCEvaluator:
           scores: [K] float.
           classes: [K] int class ids in 1..C-1.
         """
-        image_id = as_image_id(image_id)
-        boxes = as_boxes(boxes_yxyx, "detection boxes_yxyx", image_id)
-        n = len(boxes)
-        scores = as_scores(scores, n, image_id)
-        classes = as_classes(classes, n, len(self.class_names), "detection classes", image_id)
-        if n:
-            self._dets.append((image_id, boxes, scores, classes))
+        detections = as_detections(image_id, boxes_yxyx, scores, classes, len(self.class_names))
+        if len(detections[1]):
+            self._dets.append(detections)
 
     def evaluate(self):
         """Computes AP per class and mAP for each metric.

@@ -107,7 +107,7 @@ def check_resume_compatible(model_dir, config, options):
 
 
 def _data_sources(options, config):
-    """-> (train examples_fn, val examples_fn or None, class names, num train images, label map)."""
+    """-> (train reader, val reader or None, class names, label map)."""
     from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
 
     train_path, val_path = options.data, options.val_data
