@@ -27,19 +27,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def machine():
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        model = names[0] if names else model
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = "load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return (f"{model}; {os.cpu_count()} logical cores ({usable} usable); {platform.system()} "
-            f"{platform.machine()}; {load} (other processes share these cores)")
+from bench.machine import describe  # noqa: E402
 
 
 def time_it(fn, min_runs, min_seconds, warmup=2):
@@ -96,7 +84,7 @@ def bench_preset(name, args, workdir):
     print(f"  [{name}] SavedModel exported in {time.perf_counter() - t0:.0f} s", flush=True)
     detector = SavedModelDetector(version_dir)
     rows.append(("saved_model", folder_mb(version_dir),
-                 time_it(lambda: detector(image[None]), args.min_runs, args.min_seconds)))
+                 time_it(lambda d=detector: d(image[None]), args.min_runs, args.min_seconds)))
     del detector
 
     preprocessed = resize_and_preprocess(image[None], config).numpy()
@@ -109,7 +97,7 @@ def bench_preset(name, args, workdir):
         print(f"  [{name}] TFLite {quantization} exported in {time.perf_counter() - t0:.0f} s", flush=True)
         lite = TFLiteDetector(paths[0], num_threads=args.threads)
         rows.append((f"tflite_{quantization}", sum(folder_mb(p) for p in paths),
-                     time_it(lambda: lite.run(preprocessed), args.min_runs, args.min_seconds)))
+                     time_it(lambda r=lite.run: r(preprocessed), args.min_runs, args.min_seconds)))
         del lite
 
     try:
@@ -149,7 +137,7 @@ def main():
             versions.append(f"{label} {__import__(module).__version__}")
         except (ImportError, AttributeError):
             versions.append(f"{label} (not installed)")
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"python {platform.python_version()}; " + ", ".join(versions) + f"; {args.threads} threads")
     print("one 480x640 RGB image, batch 1, random weights (worst-case NMS load), "
           f"{args.num_classes} classes, {args.max_detections} detections\n", flush=True)

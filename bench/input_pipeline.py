@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
-import tensorflow as tf
 
 from refinedet_tf.config import get_preset
 from refinedet_tf.data import read_dataset
@@ -35,7 +33,7 @@ from refinedet_tf.data.synthetic import ensure_synthetic_dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe  # noqa: E402
-from bench.train_step import train_step_seconds  # noqa: E402
+from bench.train_step import train_step_seconds, window_seconds  # noqa: E402
 
 
 RACCOON = "/work/shared/datasets/raccoon"
@@ -60,13 +58,7 @@ def images_per_second(examples, config, batch_size, batches, parallel_calls, rep
     iterator = iter(dataset)
     for _ in range(warmup):  # tracing, shuffle buffer fill
         next(iterator)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(batches):
-            images, _ = next(iterator)
-        images.numpy()
-        rates.append(batches * batch_size / (time.perf_counter() - start))
+    rates = [batch_size / seconds for seconds in window_seconds(iterator, batches, repeats)]
     return max(rates), float(np.median(rates))
 
 

@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 import refinedet_tf  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from refinedet_tf.data import read_dataset  # noqa: E402
-from refinedet_tf.data.pipeline import make_dataset  # noqa: E402
+from refinedet_tf.data.pipeline import loss_targets, make_dataset  # noqa: E402
 from refinedet_tf.data.synthetic import ensure_synthetic_dataset  # noqa: E402
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer  # noqa: E402
 from refinedet_tf.training.trainer import RefineDetTrainer  # noqa: E402
@@ -79,14 +79,24 @@ def cached_synthetic_examples():
 def training_batches(examples, config, batch_size, num_parallel_calls=tf.data.AUTOTUNE):
     """An iterator over `make_dataset(training=True)` batches: (images, loss targets).
 
-    The targets keep only what the trainer's loss reads, all numeric (as `train.py` feeds it):
-    boxes float32 [B, M, 4] yxyx, classes int32 [B, M], mask float32 [B, M].
+    The targets keep only what the trainer's loss reads (`loss_targets`, as `train.py` feeds it).
     """
     dataset = make_dataset(examples, config, batch_size, training=True, seed=0,
                            num_parallel_calls=num_parallel_calls, shuffle_buffer=64)
-    for images, targets in dataset:
-        yield images, {"boxes": targets["boxes"], "classes": targets["classes"],
-                       "mask": tf.cast(targets["mask"], tf.float32)}
+    yield from dataset.map(loss_targets)
+
+
+def window_seconds(batches, num_batches, repeats):
+    """Seconds per batch in each of `repeats` consecutive windows of `num_batches` batches drawn
+    from the iterator `batches` of (images, targets); the last images of a window are fetched."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(num_batches):
+            images, _ = next(batches)
+        images.numpy()
+        times.append((time.perf_counter() - start) / num_batches)
+    return times
 
 
 def input_seconds(examples, config, batch_size, repeats, num_parallel_calls=tf.data.AUTOTUNE):
@@ -95,13 +105,7 @@ def input_seconds(examples, config, batch_size, repeats, num_parallel_calls=tf.d
     batches = training_batches(examples, config, batch_size, num_parallel_calls)
     batch = next(batches)
     next(batches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(INPUT_BATCHES_PER_WINDOW):
-            images, _ = next(batches)
-        images.numpy()
-        times.append((time.perf_counter() - start) / INPUT_BATCHES_PER_WINDOW)
+    times = window_seconds(batches, INPUT_BATCHES_PER_WINDOW, repeats)
     batches.close()  # stop the pipeline's threads before the model is timed
     return float(np.median(times)), batch
 

@@ -3,7 +3,7 @@ import pytest
 
 import refinedet_tf
 from refinedet_tf.anchors import feature_map_sizes
-from golden import load, reference_config, swap_xy
+from golden import load
 
 
 def _cxcywh_to_yxyx(p):

@@ -98,7 +98,7 @@ def test_label_not_in_label_map_fails_naming_the_key(tmp_path):
 
 def test_empty_record_and_empty_shard_are_valid(tmp_path):
     empty_shard = _write(tmp_path / "e-1.tfrecord", [])
-    path = _write(tmp_path / "e-0.tfrecord", [_od_api_record([], labels=[])])
+    _write(tmp_path / "e-0.tfrecord", [_od_api_record([], labels=[])])
     (e,) = list(tfrecord.TFRecordReader(str(tmp_path / "e-*.tfrecord")))
     assert e["boxes"].shape == (0, 4) and e["classes"].shape == (0,)
     assert empty_shard in tfrecord.list_files(str(tmp_path))

@@ -170,7 +170,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from refinedet_tf.config import get_preset
-    from refinedet_tf.data.pipeline import make_distributed_dataset
+    from refinedet_tf.data.pipeline import loss_targets, make_distributed_dataset
     from tests.test_pipeline import as_dataset, make_examples
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -179,8 +179,20 @@ DISTRIBUTED_SCRIPT = textwrap.dedent("""
     dist = make_distributed_dataset(strategy, lambda: as_dataset(examples), config,
                                     global_batch_size=4, training=True, max_boxes=5,
                                     shuffle_buffer=8)
-    images, targets = next(iter(dist))
+    iterator = iter(dist)
+    images, targets = next(iterator)
+    second_images, _ = next(iterator)
+    resumed = make_distributed_dataset(strategy, lambda: as_dataset(examples), config,
+                                       global_batch_size=4, training=True, max_boxes=5,
+                                       shuffle_buffer=8, skip_steps=1, map_fn=loss_targets)
+    resumed_images, resumed_targets = next(iter(resumed))
+    same = [bool(tf.reduce_all(a == b)) for a, b in zip(
+        strategy.experimental_local_results(second_images),
+        strategy.experimental_local_results(resumed_images))]
     print("RESULT " + json.dumps({
+        "resumed_equals_second": same,
+        "resumed_targets": sorted(resumed_targets),
+        "resumed_mask_dtype": strategy.experimental_local_results(resumed_targets["mask"])[0].dtype.name,
         "replicas": strategy.num_replicas_in_sync,
         "images": [x.shape.as_list() for x in strategy.experimental_local_results(images)],
         "boxes": [x.shape.as_list()
@@ -201,3 +213,20 @@ def test_distributed_dataset_gives_per_replica_batches():
     assert result["images"] == [[2, 64, 64, 3]] * 2
     assert result["boxes"] == [[2, 5, 4]] * 2
     assert len(set(result["devices"])) == 2
+    assert result["resumed_equals_second"] == [True, True]
+    assert result["resumed_targets"] == ["boxes", "classes", "mask"]
+    assert result["resumed_mask_dtype"] == "float32"
+
+
+def test_skip_batches_gives_the_stream_from_that_batch_on():
+    examples = make_examples([1, 2, 3, 0, 2, 1, 1, 2, 3])
+    kwargs = dict(batch_size=2, training=True, max_boxes=5, shuffle_buffer=4, seed=3)
+    full = make_dataset(as_dataset(examples), CONFIG, **kwargs)
+    expected = list(full.skip(5).take(3))  # crosses epochs: 9 examples, batches of 2
+    resumed = list(make_dataset(as_dataset(examples), CONFIG, skip_batches=5, **kwargs).take(3))
+    for (want_images, want), (got_images, got) in zip(expected, resumed):
+        np.testing.assert_array_equal(got_images.numpy(), want_images.numpy())
+        for key in ("boxes", "classes", "mask", "image_id"):
+            np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+    with pytest.raises(ValueError, match="skip_batches"):
+        make_dataset(as_dataset(examples), CONFIG, batch_size=2, training=False, skip_batches=1)

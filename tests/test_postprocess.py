@@ -1,9 +1,7 @@
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import refinedet_tf
-from refinedet_tf import box_coding
 from golden import head_outputs, load, reference_config, swap_xy
 
 

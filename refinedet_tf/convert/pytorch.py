@@ -10,9 +10,7 @@ numbers without a day of training. Layouts: PyTorch Conv2d [out, in, kh, kw] -> 
 channels are reordered from the reference's (tx, ty, tw, th) to our (ty, tx, th, tw).
 """
 
-import dataclasses
 import os
-import sys
 
 import numpy as np
 

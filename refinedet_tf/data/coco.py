@@ -18,10 +18,7 @@ import collections
 import json
 import os
 
-import numpy as np
-
-from refinedet_tf.data import image_io
-from refinedet_tf.data.example import BadExampleError, ExampleReader, Policy, RawBox, finalize_boxes
+from refinedet_tf.data.example import BadExampleError, ExampleReader, Policy, RawBox
 from refinedet_tf.data.label_map import LabelMap, load_label_map
 
 
@@ -48,9 +45,8 @@ class CocoReader(ExampleReader):
                  clip_boxes: bool = True, check_images: bool = True):
         data = _load_json(annotation_file)
         super().__init__(_resolve_label_map(annotation_file, data, label_map),
-                         Policy(on_bad_example, keep_empty, clip_boxes))
+                         Policy(on_bad_example, keep_empty, clip_boxes), check_images)
         self.annotation_file = annotation_file
-        self.check_images = check_images
         images = data["images"]
         self.image_dir = image_dir if image_dir is not None else _find_image_dir(annotation_file, images)
         by_image = collections.defaultdict(list)
@@ -90,16 +86,9 @@ class CocoReader(ExampleReader):
         if not isinstance(file_name, str) or not file_name:
             raise BadExampleError(path, f"image id {image_id} has no file_name")
         image_path = os.path.join(self.image_dir, file_name)
-        height, width = _size(path, image)
-        if self.check_images or not (height and width):
-            info = image_io.probe_file(image_path, referenced_by=f"{path} (image id {image_id})")
-            if height and width:
-                image_io.check_size(image_path, info, (height, width), f"{path} (image id {image_id})")
-            else:
-                self.report.add(image_path, "size_from_image", f"{info.width}x{info.height}")
-                height, width = info.height, info.width
-            for kind, detail in image_io.image_issues(image_path, info):
-                self.report.add(image_path, kind, detail)
+        height, width = self._image_size(image_path, *_size(path, image),
+                                         referenced_by=f"{path} (image id {image_id})",
+                                         size_issue_path=image_path)
         raw = []
         for ann in annotations:
             where = f"annotation {ann.get('id')} (image id {image_id})"
@@ -115,10 +104,7 @@ class CocoReader(ExampleReader):
                 raise BadExampleError(path, f"{where} bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
             x, y, w, h = (float(v) for v in bbox)
             raw.append(RawBox((x, y, x + w, y + h), class_id, False, bool(ann.get("iscrowd", 0)), where))
-        meta = {"image_id": str(image_id), "height": np.int32(height), "width": np.int32(width)}
-        meta.update(finalize_boxes(path, raw, height, width, "coco", self.policy, self.report))
-        meta.update(image_path=image_path, annotation_path=path)
-        return meta
+        return self._metadata(str(image_id), image_path, path, raw, height, width, "coco")
 
 
 def _raise(path, reason):

@@ -349,8 +349,9 @@ class ExampleReader:
 
     format = "?"
 
-    def __init__(self, label_map, policy: Policy):
+    def __init__(self, label_map, policy: Policy, check_images: bool = True):
         self.label_map = label_map
+        self.check_images = check_images
         self.policy = policy
         self.report = Report()
         self.metadata: list[dict] = []
@@ -361,6 +362,32 @@ class ExampleReader:
     @property
     def image_ids(self) -> list[str]:
         return [m["image_id"] for m in self.metadata]
+
+    def _image_size(self, image_path: str, height, width, referenced_by: str, size_issue_path: str):
+        """The image's (height, width): the annotation's (0 when it has none), checked against
+        the file's header when `self.check_images`, or read from the header when missing (and
+        reported as size_from_image under `size_issue_path`). Image issues go to the report."""
+        from refinedet_tf.data import image_io
+
+        if self.check_images or not (height and width):
+            info = image_io.probe_file(image_path, referenced_by=referenced_by)
+            if height and width:
+                image_io.check_size(image_path, info, (height, width), referenced_by)
+            else:
+                self.report.add(size_issue_path, "size_from_image", f"{info.width}x{info.height}")
+                height, width = info.height, info.width
+            for kind, detail in image_io.image_issues(image_path, info):
+                self.report.add(image_path, kind, detail)
+        return height, width
+
+    def _metadata(self, image_id: str, image_path: str, annotation_path: str, raw_boxes,
+                  height, width, convention: str) -> dict:
+        """One metadata entry: the boxes finalized under the policy (see finalize_boxes)."""
+        meta = {"image_id": image_id, "height": np.int32(height), "width": np.int32(width)}
+        meta.update(finalize_boxes(annotation_path, raw_boxes, height, width, convention,
+                                   self.policy, self.report))
+        meta.update(image_path=image_path, annotation_path=annotation_path)
+        return meta
 
     def _collect(self, path: str, parse) -> None:
         """Runs `parse()` (-> metadata dict) for one example and applies the policy to it."""

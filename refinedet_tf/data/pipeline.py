@@ -66,7 +66,7 @@ def _pad_targets(example, max_boxes, truncate_boxes, num_input_boxes):
 def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
                  truncate_boxes=False, deterministic=True,
                  num_parallel_calls=tf.data.AUTOTUNE, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
-                 repeat=None, seed_stream=0):
+                 repeat=None, seed_stream=0, skip_batches=0):
     """Reader examples -> `(images, targets)` batches (see the module docstring).
 
     Args:
@@ -86,6 +86,9 @@ def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
       repeat: repeat forever; defaults to `training`.
       seed_stream: int, a second seed component: distinct augmentation streams for input
         pipelines that share `seed` (make_distributed_dataset passes the pipeline id).
+      skip_batches: start the stream this many batches in: the same batches as skipping them
+        after the fact, but the skipped examples are never augmented (a resumed run repositions
+        its data in seconds, not in the hours a long run's worth of augmentation would take).
     Returns:
       tf.data.Dataset of (float32 [B, S, S, 3], dict of targets).
     """
@@ -108,6 +111,12 @@ def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.enumerate()
+    if skip_batches:
+        if not training:
+            raise ValueError("skip_batches is for resuming training streams")
+        # Batches are full in training (drop_remainder), so batch k starts at example k * B;
+        # the enumerate index rides along, so the kept examples keep their augmentation seeds.
+        dataset = dataset.skip(skip_batches * batch_size)
     dataset = dataset.map(prepare, num_parallel_calls=num_parallel_calls,
                           deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=training)
@@ -117,8 +126,18 @@ def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
     return dataset.with_options(options)
 
 
+def loss_targets(images, targets):
+    """(images, targets) -> (images, the targets the training loss reads), all numeric.
+
+    Strings (`image_id`) cannot be placed on accelerators by a distributed dataset, and the
+    loss takes the mask as float32 (see `RefineDetTrainer.compute_losses`).
+    """
+    return images, {"boxes": targets["boxes"], "classes": targets["classes"],
+                    "mask": tf.cast(targets["mask"], tf.float32)}
+
+
 def make_distributed_dataset(strategy, examples_fn, config, global_batch_size, training=True,
-                             seed=0, **kwargs):
+                             seed=0, skip_steps=0, map_fn=None, **kwargs):
     """`make_dataset` under a tf.distribute strategy, one input pipeline per worker.
 
     Args:
@@ -129,6 +148,9 @@ def make_distributed_dataset(strategy, examples_fn, config, global_batch_size, t
       global_batch_size: images per step over all replicas; each replica gets
         `input_context.get_per_replica_batch_size(global_batch_size)`.
       training, seed, **kwargs: as make_dataset (each pipeline also gets its own seed_stream).
+      skip_steps: start this many global steps in (resuming): each pipeline skips one batch
+        per step for each replica it feeds.
+      map_fn: applied to each pipeline's batches, e.g. `loss_targets`.
     Returns:
       a tf.distribute.DistributedDataset of per-replica (images, targets) batches.
     """
@@ -141,7 +163,10 @@ def make_distributed_dataset(strategy, examples_fn, config, global_batch_size, t
             examples = examples.shard(input_context.num_input_pipelines,
                                       input_context.input_pipeline_id)
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        return make_dataset(examples, config, batch_size, training, seed=seed,
-                            seed_stream=input_context.input_pipeline_id, **kwargs)
+        local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        data = make_dataset(examples, config, batch_size, training, seed=seed,
+                            seed_stream=input_context.input_pipeline_id,
+                            skip_batches=skip_steps * local_replicas, **kwargs)
+        return data.map(map_fn) if map_fn is not None else data
 
     return strategy.distribute_datasets_from_function(dataset_fn)

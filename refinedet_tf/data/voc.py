@@ -17,10 +17,7 @@ import glob
 import os
 import xml.etree.ElementTree as ET
 
-import numpy as np
-
-from refinedet_tf.data import image_io
-from refinedet_tf.data.example import BadExampleError, ExampleReader, Policy, RawBox, finalize_boxes
+from refinedet_tf.data.example import BadExampleError, ExampleReader, Policy, RawBox
 from refinedet_tf.data.label_map import LabelMap, default_label_map_path, load_label_map
 
 
@@ -71,10 +68,9 @@ class VocReader(ExampleReader):
         if not is_voc_dir(root):
             raise BadExampleError(root, "not a VOC folder (no Annotations/ inside)")
         super().__init__(_resolve_label_map(root, label_map),
-                         Policy(on_bad_example, keep_empty, clip_boxes))
+                         Policy(on_bad_example, keep_empty, clip_boxes), check_images)
         self.root = root
         self.split = split
-        self.check_images = check_images
         if split is None:
             files = sorted(glob.glob(os.path.join(root, "Annotations", "*.xml")))
             ids = [os.path.basename(f)[:-4] for f in files]
@@ -87,16 +83,8 @@ class VocReader(ExampleReader):
     def _parse(self, image_id: str, xml_path: str) -> dict:
         annotation = parse_xml(xml_path)
         image_path = self._image_path(image_id, annotation["filename"])
-        height, width = annotation["height"], annotation["width"]
-        if self.check_images or not (height and width):
-            info = image_io.probe_file(image_path, referenced_by=xml_path)
-            if height and width:
-                image_io.check_size(image_path, info, (height, width), xml_path)
-            else:
-                self.report.add(xml_path, "size_from_image", f"{info.width}x{info.height}")
-                height, width = info.height, info.width
-            for kind, detail in image_io.image_issues(image_path, info):
-                self.report.add(image_path, kind, detail)
+        height, width = self._image_size(image_path, annotation["height"], annotation["width"],
+                                         referenced_by=xml_path, size_issue_path=xml_path)
         raw = []
         for k, obj in enumerate(annotation["objects"]):
             class_id = self.label_map.name_to_id.get(obj["name"])
@@ -106,10 +94,7 @@ class VocReader(ExampleReader):
                               f"({len(self.label_map.names) - 1} classes: {list(self.label_map.names[1:6])}...)")
             raw.append(RawBox(obj["corners"], class_id, obj["difficult"], False,
                               f"object {k} ({obj['name']})"))
-        meta = {"image_id": image_id, "height": np.int32(height), "width": np.int32(width)}
-        meta.update(finalize_boxes(xml_path, raw, height, width, "voc", self.policy, self.report))
-        meta.update(image_path=image_path, annotation_path=xml_path)
-        return meta
+        return self._metadata(image_id, image_path, xml_path, raw, height, width, "voc")
 
     def _image_path(self, image_id: str, filename: str | None) -> str:
         folder = os.path.join(self.root, "JPEGImages")

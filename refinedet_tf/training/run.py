@@ -163,7 +163,7 @@ def train(options, stream=None, extra_callbacks=()):
     their (identical) checkpoints to a scratch folder, as MultiWorkerMirroredStrategy requires
     every worker to take part in saving.
     """
-    from refinedet_tf.data.pipeline import make_dataset  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.data.pipeline import loss_targets, make_dataset, make_distributed_dataset  # pylint: disable=import-outside-toplevel
     from refinedet_tf.evaluation.runner import evaluate_dataset, make_predict_fn  # pylint: disable=import-outside-toplevel
 
     stream = stream or sys.stdout
@@ -236,29 +236,15 @@ def train(options, stream=None, extra_callbacks=()):
     pipeline_kwargs = dict(seed=options.seed, max_boxes=options.max_boxes, truncate_boxes=options.truncate_boxes,
                            deterministic=options.deterministic or options.seed is not None,
                            num_parallel_calls=options.num_parallel_calls or tf.data.AUTOTUNE)
-    def loss_inputs(images, targets):
-        # Only what the loss reads, all numeric (see RefineDetTrainer.compute_losses).
-        return images, {"boxes": targets["boxes"], "classes": targets["classes"],
-                        "mask": tf.cast(targets["mask"], tf.float32)}
 
     def train_data_from(step):
         """The training stream positioned at `step`: a resumed run continues exactly where the
         killed run stopped (same shuffle order, same per-example augmentation seeds)."""
         if replicas > 1:
-            def dataset_fn(context):
-                examples = examples_fn()
-                if context.num_input_pipelines > 1:
-                    examples = examples.shard(context.num_input_pipelines, context.input_pipeline_id)
-                per_replica = context.get_per_replica_batch_size(options.batch_size)
-                data = make_dataset(examples, config, per_replica, training=True,
-                                    seed_stream=context.input_pipeline_id, **pipeline_kwargs).map(loss_inputs)
-                # Each step takes one batch per local replica from this pipeline.
-                local_replicas = replicas // context.num_input_pipelines
-                return data.skip(step * local_replicas) if step else data
-            return strategy.distribute_datasets_from_function(dataset_fn)
-        data = make_dataset(examples_fn(), config, options.batch_size, training=True, **pipeline_kwargs)
-        data = data.map(loss_inputs)
-        return data.skip(step) if step else data
+            return make_distributed_dataset(strategy, examples_fn, config, options.batch_size, training=True,
+                                            skip_steps=step, map_fn=loss_targets, **pipeline_kwargs)
+        return make_dataset(examples_fn(), config, options.batch_size, training=True, skip_batches=step,
+                            **pipeline_kwargs).map(loss_targets)
 
     state = cb.RunState()
     log_dir = os.path.join(model_dir, "logs")
