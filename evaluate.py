@@ -1,6 +1,6 @@
 """Evaluates a RefineDet model (or a detections file) with VOC07, VOC2010+ and COCO metrics.
 
-  python evaluate.py --checkpoint runs/refinedet --data ~/.cache/refinedet_tf/synthetic-v1 --split val
+  python evaluate.py --checkpoint runs/refinedet --data ~/.cache/refinedet_tf/synthetic-v2 --split val
   python evaluate.py --saved_model export/1 --data VOCdevkit/VOC2007 --split test \
       --label_map data/voc_labelmap.txt --metrics voc07,voc12 --output_dir eval/
   python evaluate.py --detections dets.json --data annotations/instances_val2017.json --metrics coco

@@ -32,26 +32,41 @@ def anchor_refinement_module(sources, anchors_per_location):
     return _concat(loc, "arm_loc"), _concat(conf, "arm_conf")
 
 
-def transfer_connection_blocks(sources, channels=256):
+def _tcb_conv(x, channels, name, batch_norm, relu=True, upsample=False):
+    """conv3x3 (or deconv 2x2/2 with `upsample`) [-> BN] [-> ReLU]; with BN the conv has no bias
+    (BN's beta replaces it)."""
+    if upsample:
+        conv = keras.layers.Conv2DTranspose(channels, 2, strides=2, use_bias=not batch_norm, name=name)
+    else:
+        conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=not batch_norm,
+                                   activation="relu" if relu and not batch_norm else None, name=name)
+    x = conv(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        if relu:
+            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def transfer_connection_blocks(sources, channels=256, batch_norm=False):
     """TCB, top-down from the deepest level: each level's features plus the upsampled level above.
 
     Per level l: conv3x3 -> ReLU -> conv3x3, (+ deconv 2x2/2 of level l+1's output), ReLU,
-    conv3x3, ReLU.
+    conv3x3, ReLU. `batch_norm` puts a BatchNormalization after every conv and deconv (before
+    the ReLU and the sum), as MobileNet detectors do in their heads.
     Returns:
       list of 4 maps [B, H_l, W_l, channels], stride 8 first.
     """
     outputs = [None] * len(sources)
     above = None
     for level in reversed(range(len(sources))):
-        x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                name=f"tcb_{level}_conv1")(sources[level])
-        x = keras.layers.Conv2D(channels, 3, padding="same", name=f"tcb_{level}_conv2")(x)
+        x = _tcb_conv(sources[level], channels, f"tcb_{level}_conv1", batch_norm)
+        x = _tcb_conv(x, channels, f"tcb_{level}_conv2", batch_norm, relu=False)
         if above is not None:
-            up = keras.layers.Conv2DTranspose(channels, 2, strides=2, name=f"tcb_{level}_up")(above)
+            up = _tcb_conv(above, channels, f"tcb_{level}_up", batch_norm, relu=False, upsample=True)
             x = keras.layers.Add(name=f"tcb_{level}_add")([x, up])
         x = keras.layers.ReLU(name=f"tcb_{level}_relu")(x)
-        x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                name=f"tcb_{level}_conv3")(x)
+        x = _tcb_conv(x, channels, f"tcb_{level}_conv3", batch_norm)
         outputs[level] = above = x
     return outputs
 

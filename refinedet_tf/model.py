@@ -3,10 +3,10 @@
 import keras
 
 from refinedet_tf.backbones import backbone_sources
-
-BATCH_NORM_MOMENTUM = 0.99
 from refinedet_tf.heads import (anchor_refinement_module, object_detection_module,
                                 transfer_connection_blocks)
+
+BATCH_NORM_MOMENTUM = 0.99
 
 
 def build_refinedet(config):
@@ -25,7 +25,7 @@ def build_refinedet(config):
     sources = backbone_sources(images, config)
     k = config.anchors_per_location
     arm_loc, arm_conf = anchor_refinement_module(sources, k)
-    tcb = transfer_connection_blocks(sources, config.tcb_channels)
+    tcb = transfer_connection_blocks(sources, config.tcb_channels, config.tcb_batch_norm)
     odm_loc, odm_conf = object_detection_module(tcb, k, config.num_classes)
     outputs = {"arm_loc": arm_loc, "arm_conf": arm_conf, "odm_loc": odm_loc, "odm_conf": odm_conf}
     model = keras.Model(images, outputs, name=f"refinedet_{config.name}")

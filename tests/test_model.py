@@ -1,3 +1,6 @@
+import dataclasses
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,3 +56,27 @@ def test_heads_flatten_in_reference_order():
     start = 16 * 16 * 3  # level 0 of a 128 px image is 16x16
     level1 = out[start:start + 8 * 8 * 3].reshape(8, 8, 3, 4)
     np.testing.assert_array_equal(level1[5, 2], np.arange(12).reshape(3, 4))
+
+
+def test_tcb_batch_norm_normalizes_every_tcb_conv_and_drops_their_biases():
+    config = refinedet_tf.get_preset("mobilenetv2_lite_192", image_size=128)
+    assert config.tcb_batch_norm
+    plain = refinedet_tf.build_refinedet(dataclasses.replace(config, tcb_batch_norm=False))
+    normed = refinedet_tf.build_refinedet(config)
+
+    def tcb_layers(model, kind):
+        return {layer.name for layer in model.layers if layer.name.startswith("tcb_") and isinstance(layer, kind)}
+
+    convs = tcb_layers(plain, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+    assert len(convs) == 4 * 3 + 3  # three convs per level, a deconv for each of the three lower levels
+    assert tcb_layers(plain, keras.layers.BatchNormalization) == set()
+    assert tcb_layers(normed, keras.layers.BatchNormalization) == {f"{name}_bn" for name in convs}
+    for name in convs:
+        assert plain.get_layer(name).use_bias and not normed.get_layer(name).use_bias
+    # Same input/output contract; BN adds 2 trainable (and 2 moving) values per channel and drops
+    # the bias: one extra value per channel of each of the 15 layers.
+    channels = config.tcb_channels
+    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+    assert trainable(normed) - trainable(plain) == 15 * channels
+    out = normed(tf.zeros([2, 128, 128, 3]), training=True)
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in plain(tf.zeros([2, 128, 128, 3])).items()}

@@ -38,7 +38,7 @@ def test_dataset_reads_as_voc_with_sensible_objects(tmp_path):
     assert len(reader) == 60 and reader.report.issues == []  # nothing clipped, dropped, converted
     sides = []
     for meta in reader.metadata:
-        assert 1 <= len(meta["classes"]) <= 5
+        assert 1 <= len(meta["classes"]) <= 9
         extent = (meta["boxes"][:, 2:] - meta["boxes"][:, :2]) * 160
         sides += extent.max(axis=1).tolist()
     assert set(reader.report.per_class) == set(synthetic.CLASSES)
@@ -70,15 +70,15 @@ def test_generation_is_fast(tmp_path):
 
 def test_ensure_generates_once_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("REFINEDET_TF_CACHE", str(tmp_path / "cache"))
-    assert synthetic.default_dataset_dir() == str(tmp_path / "cache" / "synthetic-v1")
+    assert synthetic.default_dataset_dir() == str(tmp_path / "cache" / "synthetic-v2")
     params = dict(num_train=3, num_val=1, image_size=64)
     path = synthetic.ensure_synthetic_dataset(**params)
-    assert path == str(tmp_path / "cache" / "synthetic-v1-3-1-64px-seed0")
+    assert path == str(tmp_path / "cache" / "synthetic-v2-3-1-64px-seed0")
     stamp = os.path.join(path, "synthetic.json")
     mtime = os.path.getmtime(stamp)
     assert synthetic.ensure_synthetic_dataset(**params) == path
     assert os.path.getmtime(stamp) == mtime  # not generated again
-    assert os.listdir(tmp_path / "cache") == ["synthetic-v1-3-1-64px-seed0"]  # no temp folder left
+    assert os.listdir(tmp_path / "cache") == ["synthetic-v2-3-1-64px-seed0"]  # no temp folder left
     with pytest.raises(ValueError, match="holds a synthetic set made with"):
         synthetic.ensure_synthetic_dataset(path, num_train=4, num_val=1, image_size=64)
     with pytest.raises(ValueError, match="unknown synthetic dataset parameter"):
