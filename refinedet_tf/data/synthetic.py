@@ -10,8 +10,8 @@ It is made to be learnable: shapes are crisp (anti-aliased, saturated, contraste
 local background), so a small detector trained for minutes on a CPU at low resolution reaches
 a high VOC07 mAP on `val`; it exercises the full pipeline without downloading anything.
 Busy scenes are part of that: 3-9 objects (~6 on average; fewer when no room is left) give
-twice the supervision per image of 1-5 for the same compute, which took the demo's VOC07 mAP
-after 850 steps from 0.31 to 0.36 (version 1 had 1-5).
+twice the supervision per image of 1-5 for the same compute: the demo's VOC07 mAP after 850
+steps went from 0.31 to 0.36, each on its own val split (version 1 had 1-5 objects).
 
 Deterministic: each image's random stream is derived from (seed, split, index), so the same
 arguments write byte-identical files (OpenCV's JPEG encoder is deterministic).
