@@ -292,3 +292,19 @@ def _voc_eval_reference(images, classname, use_07_metric, ovthresh=0.5):
         mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
     i = np.where(mrec[1:] != mrec[:-1])[0]
     return np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+
+
+def test_detection_thinner_than_a_pixel_is_scored_as_one_pixel_thick():
+    from refinedet_tf.evaluation.runner import DetectionEvaluation
+
+    # GT: VOC pixels rows 11..11 (one pixel), columns 1..100 of a 100x100 image.
+    targets = {"image_id": np.array([b"a"]), "height": np.array([100]), "width": np.array([100]),
+               "mask": np.array([[True]]), "boxes": np.array([[[0.10, 0.0, 0.11, 1.0]]], np.float64),
+               "classes": np.array([[1]]), "difficult": np.array([[False]])}
+    # A detection 0.3 px high on that row: 1-based pixels would give ymin 11.2 > ymax 10.5.
+    detections = {"num_detections": np.array([1]), "detection_boxes": np.array([[[0.102, 0.0, 0.105, 1.0]]]),
+                  "detection_scores": np.array([[0.9]]), "detection_classes": np.array([[1]])}
+    evaluation = DetectionEvaluation(["background", "thin"])
+    evaluation.add_batch(targets, detections)
+    result = evaluation.result()
+    assert result["voc07"]["mAP"] == pytest.approx(1.0)

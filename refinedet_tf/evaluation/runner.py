@@ -27,6 +27,15 @@ def make_predict_fn(detector, anchors_yxyx, config, max_detections=None):
     return predict
 
 
+def _voc_detection_pixels(boxes_yxyx, height, width):
+    """Detections in VOC's 1-based inclusive pixels. A box thinner than a pixel (an untrained
+    model predicts some) would come out with min = y*H + 1 > max = y*H; it becomes one pixel
+    thick instead, the thinnest box VOC's inclusive extents can express."""
+    boxes = normalized_to_voc_pixels(boxes_yxyx, height, width)
+    boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2])
+    return boxes
+
+
 def _to_str(value):
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -67,7 +76,7 @@ class DetectionEvaluation:
             det_classes = d["detection_classes"][i][:n].astype(np.int64)
             if self.voc is not None:
                 self.voc.add_ground_truth(image_id, normalized_to_voc_pixels(gt_norm, h, w), gt_classes, difficult)
-                self.voc.add_detections(image_id, normalized_to_voc_pixels(det_norm, h, w), scores, det_classes)
+                self.voc.add_detections(image_id, _voc_detection_pixels(det_norm, h, w), scores, det_classes)
             if self.coco is not None:
                 scale = np.array([h, w, h, w], np.float64)
                 crowd = t["is_crowd"][i][valid] if "is_crowd" in t else None

@@ -321,7 +321,7 @@ def train(options, stream=None, extra_callbacks=()):
         "wall_seconds": round(time.time() - start_time, 1),
         "evaluations": evaluation.history if evaluation else [],
         "best": evaluation.best if evaluation else None,
-        "checkpoint": manager.latest_checkpoint,
+        "checkpoint": manager.latest_checkpoint and os.path.abspath(manager.latest_checkpoint),
         "tensorboard": os.path.abspath(log_dir),
     }
     _write_json(os.path.join(model_dir, "metrics.json"), summary)
