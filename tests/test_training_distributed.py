@@ -55,9 +55,11 @@ mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one per proce
 # VGG16 (no BatchNorm): two steps. MobileNetV2 (synchronized BatchNorm): one step, since a
 # from-scratch BN net on 4 noise images amplifies float rounding chaotically afterwards.
 for name, preset, steps in (("vgg16", "vgg16_320", 2), ("mobilenetv2", "mobilenetv2_lite_192", 1)):
-    # Without the TCB's BatchNorm: synchronized statistics of the 1x1 and 2x2 TCB maps (2 images
-    # per replica) are ill-conditioned (sum-of-squares variance) and move the weights by 8e-4
-    # of scale in one step; the backbone's synchronized BN is what this checks.
+    # Without the TCB's BatchNorm, at 64 px: with it (1x1 and 2x2 TCB maps, 2 images per
+    # replica) the weights after one step differ by 8e-4 of scale, and at 128 px by 2% even
+    # without it, while the losses agree to 1e-6. Not understood yet (a two-pass synchronized
+    # variance did not change it); this checks the loss normalization and the backbone's
+    # synchronized BN where they do agree.
     config = refinedet_tf.get_preset(preset, image_size=64, num_classes=7, tcb_batch_norm=False)
     keras.utils.set_random_seed(0)
     initial = refinedet_tf.build_refinedet(config).get_weights()
