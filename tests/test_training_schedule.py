@@ -64,3 +64,17 @@ def test_arm_only_stage_updates_only_the_arm_path():
     trainer.fit(tf.data.Dataset.from_tensors((images, targets)).repeat(2), epochs=1, verbose=0)
     assert all(np.array_equal(v.numpy(), b) for v, b in zip(odm, before_odm))
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(arm, before_arm))
+
+
+def test_resume_refuses_a_model_dir_saved_without_the_tcb_batch_norm(tmp_path):
+    import dataclasses
+
+    from refinedet_tf import checkpoints
+    from refinedet_tf.config import get_preset
+    from refinedet_tf.training.run import TrainOptions, check_resume_compatible
+
+    config = get_preset("mobilenetv2_lite_192")
+    (tmp_path / checkpoints.CONFIG_FILE).write_text(dataclasses.replace(config, tcb_batch_norm=False).to_json())
+    with pytest.raises(ValueError, match="incompatible model .*tcb_batch_norm: saved False vs now True"):
+        check_resume_compatible(str(tmp_path), config, TrainOptions())
+    check_resume_compatible(str(tmp_path), dataclasses.replace(config, tcb_batch_norm=False), TrainOptions())

@@ -26,7 +26,7 @@ from refinedet_tf.training.trainer import LOSS_NAMES, RefineDetTrainer
 
 # Fields whose change makes a checkpoint unusable: a resumed run must agree on them.
 STRUCTURAL_FIELDS = ("image_size", "backbone", "backbone_alpha", "num_classes", "tcb_channels",
-                     "anchor_strides", "anchor_sizes", "aspect_ratios")
+                     "tcb_batch_norm", "anchor_strides", "anchor_sizes", "aspect_ratios")
 DEMO_PRESET = "mobilenetv2_lite_192"
 PRECISE_BN_BATCHES = 20
 
