@@ -29,11 +29,16 @@ def build_refinedet(config):
     odm_loc, odm_conf = object_detection_module(tcb, k, config.num_classes)
     outputs = {"arm_loc": arm_loc, "arm_conf": arm_conf, "odm_loc": odm_loc, "odm_conf": odm_conf}
     model = keras.Model(images, outputs, name=f"refinedet_{config.name}")
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            # keras.applications' MobileNetV2 uses 0.999: its moving statistics need ~5,000
-            # steps to forget their initial values, so a short run (or any run from scratch)
-            # evaluates with wrong statistics. 0.99 forgets them within ~500 steps and changes
-            # nothing for long fine-tuning runs.
-            layer.momentum = BATCH_NORM_MOMENTUM
+    for layer in batch_norm_layers(model):
+        # keras.applications' MobileNetV2 uses 0.999: its moving statistics need ~5,000 steps
+        # to forget their initial values, so a short run (or any run from scratch) evaluates
+        # with wrong statistics. 0.99 forgets them within ~500 steps and changes nothing for
+        # long fine-tuning runs.
+        layer.momentum = BATCH_NORM_MOMENTUM
     return model
+
+
+def batch_norm_layers(model):
+    """Every BatchNormalization layer of `model`, nested models included."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
+            if isinstance(layer, keras.layers.BatchNormalization)]

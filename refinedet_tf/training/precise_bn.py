@@ -9,13 +9,9 @@ statistics). Evaluations during training call this first; long fine-tuning runs 
 weights are barely affected.
 """
 
-import keras
 import numpy as np
 
-
-def batch_norm_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
-            if isinstance(layer, keras.layers.BatchNormalization)]
+from refinedet_tf.model import batch_norm_layers
 
 
 def recompute_batch_norm_statistics(model, images_batches, num_batches=20):

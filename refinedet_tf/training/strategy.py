@@ -35,11 +35,9 @@ def make_strategy(name, stream=None):
 def synchronize_batch_norm(model):
     """Makes every BatchNormalization layer compute its batch statistics over all replicas
     (Keras' `synchronized=True`), as a detector's small per-replica batches need."""
-    import keras  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.model import batch_norm_layers  # pylint: disable=import-outside-toplevel
 
-    count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
-            count += 1
-    return count
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.synchronized = True
+    return len(layers)
