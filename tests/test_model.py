@@ -28,6 +28,11 @@ def test_vgg16_320_parameter_count_equals_reference():
 def test_gradient_reaches_every_trainable_weight(name, size):
     config = refinedet_tf.get_preset(name, image_size=size, num_classes=4)
     model = refinedet_tf.build_refinedet(config)
+    # From scratch, residual branches end in a zero-gamma BatchNorm (backbones/init.py), which
+    # rightly stops their convs' gradient at step 0; this test is about wiring, so undo it.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.assign(np.ones(layer.gamma.shape, np.float32))
     anchors = refinedet_tf.generate_anchors(config)
     images = tf.random.stateless_normal([2, size, size, 3], seed=[1, 2]) * 50.0
     # One box per level (anchor sizes 0.125, 0.25, 0.5, 1.0 at 256 px), so every head has

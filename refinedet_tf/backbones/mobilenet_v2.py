@@ -2,6 +2,8 @@
 
 import keras
 
+from refinedet_tf.backbones.init import zero_residual_gammas
+
 # Stride 8 and 16 taps are the expansion outputs just before each stride-2 depthwise conv, as
 # SSDLite takes them: the richest maps at those resolutions.
 _SOURCES = ("block_6_expand_relu", "block_13_expand_relu", "out_relu")
@@ -16,6 +18,9 @@ def mobilenet_v2_sources(images, backbone_weights="none", alpha=1.0):
     weights = None if backbone_weights in (None, "none") else backbone_weights
     net = keras.applications.MobileNetV2(
         include_top=False, weights=weights, input_tensor=images, alpha=alpha)
+    if weights is None:
+        zero_residual_gammas(net, [(layer.name, layer.name.replace("_add", "_project_BN"))
+                                   for layer in net.layers if layer.name.endswith("_add")])
     sources = [net.get_layer(layer).output for layer in _SOURCES]
     sources.append(_extra_block(sources[-1]))
     return sources

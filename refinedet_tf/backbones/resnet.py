@@ -2,6 +2,8 @@
 
 import keras
 
+from refinedet_tf.backbones.init import zero_residual_gammas
+
 _SOURCES = {
     "resnet101": ("conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
     "resnet50": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
@@ -17,6 +19,9 @@ def resnet_sources(images, name, backbone_weights="none"):
     weights = None if backbone_weights in (None, "none") else backbone_weights
     net = getattr(keras.applications, _APPLICATIONS[name])(
         include_top=False, weights=weights, input_tensor=images)
+    if weights is None:
+        zero_residual_gammas(net, [(layer.name, layer.name.replace("_add", "_3_bn"))
+                                   for layer in net.layers if layer.name.endswith("_add")])
     sources = [net.get_layer(layer).output for layer in _SOURCES[name]]
     sources.append(_res6(sources[-1]))
     return sources
