@@ -366,8 +366,8 @@ def _draw_examples(images, targets, detections, config, class_names, limit):
 # SGD from scratch, with a warm-up and gradient clipping against the early loss spikes of a
 # randomly initialized detector. The paper's recipe (fine-tuning ImageNet weights) is SGD with
 # lr 1e-3 at batch 32, x0.1 at 2/3 and 5/6 of the run.
-_DEMO_RECIPE = dict(batch_size=16, steps=1700, lr=3e-3, warmup_steps=100, lr_schedule="cosine",
-                    eval_every=850, optimizer="adamw", clip_grad_norm=10.0)
+_DEMO_RECIPE = dict(batch_size=16, steps=1500, lr=3e-3, warmup_steps=100, lr_schedule="cosine",
+                    eval_every=750, optimizer="adamw", clip_grad_norm=10.0)
 _PAPER_RECIPE = dict(batch_size=32, steps=None, lr=None, warmup_steps=0, lr_schedule="multistep",
                      lr_boundaries=(0.667, 0.833), eval_every=0, optimizer="sgd", clip_grad_norm=0.0)
 
