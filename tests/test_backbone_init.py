@@ -46,7 +46,11 @@ def test_pretrained_weights_are_not_zeroed(tmp_path):
 
 def test_a_wrong_block_name_is_an_error_not_a_silent_no_op():
     net = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3), alpha=0.35)
-    with pytest.raises(ValueError, match="block_3_project_BN does not feed block_2_add"):
-        zero_residual_gammas(net, [("block_2_add", "block_3_project_BN")])
+    with pytest.raises(ValueError, match="block_2_expand_BN does not feed block_2_add"):
+        zero_residual_gammas(net, "_expand_BN")
     with pytest.raises(ValueError):
-        zero_residual_gammas(net, [("block_99_add", "block_99_project_BN")])
+        zero_residual_gammas(net, "_no_such_BN")
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match="no residual block"):
+        zero_residual_gammas(plain, "_bn")
+    assert zero_residual_gammas(net, "_project_BN") == 10

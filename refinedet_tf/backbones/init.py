@@ -1,7 +1,9 @@
 """Initialization of backbones trained from scratch."""
 
+_ADD = "_add"
 
-def zero_residual_gammas(net, blocks):
+
+def zero_residual_gammas(net, branch_end_suffix):
     """Sets to 0 the gamma of the BatchNorm that ends each residual branch.
 
     Every residual block then starts as the identity (its shortcut), so a deep network trained
@@ -11,16 +13,22 @@ def zero_residual_gammas(net, blocks):
     scratch, 1000 steps) it raised VOC07 mAP from 0.43 to 0.69 (one seed each).
 
     Args:
-      net: a built keras.Model.
-      blocks: (add layer name, name of the BatchNormalization ending its residual branch) pairs;
-        a missing or wrongly wired name is a ValueError, so a Keras change cannot silently
-        disable this.
+      net: a built keras.Model (keras.applications names): each layer `<block>_add` sums a
+        shortcut and a residual branch that ends in the BatchNorm `<block><branch_end_suffix>`.
+      branch_end_suffix: "_project_BN" (MobileNetV2), "_3_bn" (ResNet).
     Returns:
       the number of BatchNorm layers zeroed.
+    Raises:
+      ValueError when `net` has no residual add, or a block's BatchNorm is missing or does not
+      feed its add: a Keras renaming cannot silently disable this.
     """
-    for add_name, bn_name in blocks:
-        add, bn = net.get_layer(add_name), net.get_layer(bn_name)
+    adds = [layer for layer in net.layers if layer.name.endswith(_ADD)]
+    if not adds:
+        raise ValueError(f"{net.name} has no '*{_ADD}' layer: no residual block to initialize")
+    for add in adds:
+        bn_name = add.name[:-len(_ADD)] + branch_end_suffix
+        bn = net.get_layer(bn_name)
         if not any(t is bn.output for t in add.input):  # `in` would compare KerasTensors with ==
-            raise ValueError(f"{bn_name} does not feed {add_name}: not a residual branch's end")
+            raise ValueError(f"{bn_name} does not feed {add.name}: not a residual branch's end")
         bn.gamma.assign(bn.gamma * 0.0)
-    return len(blocks)
+    return len(adds)

@@ -19,8 +19,7 @@ def mobilenet_v2_sources(images, backbone_weights="none", alpha=1.0):
     net = keras.applications.MobileNetV2(
         include_top=False, weights=weights, input_tensor=images, alpha=alpha)
     if weights is None:
-        zero_residual_gammas(net, [(layer.name, layer.name.replace("_add", "_project_BN"))
-                                   for layer in net.layers if layer.name.endswith("_add")])
+        zero_residual_gammas(net, "_project_BN")
     sources = [net.get_layer(layer).output for layer in _SOURCES]
     sources.append(_extra_block(sources[-1]))
     return sources

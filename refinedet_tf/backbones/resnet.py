@@ -20,8 +20,7 @@ def resnet_sources(images, name, backbone_weights="none"):
     net = getattr(keras.applications, _APPLICATIONS[name])(
         include_top=False, weights=weights, input_tensor=images)
     if weights is None:
-        zero_residual_gammas(net, [(layer.name, layer.name.replace("_add", "_3_bn"))
-                                   for layer in net.layers if layer.name.endswith("_add")])
+        zero_residual_gammas(net, "_3_bn")
     sources = [net.get_layer(layer).output for layer in _SOURCES[name]]
     sources.append(_res6(sources[-1]))
     return sources
