@@ -15,6 +15,8 @@ Then, side by side in the same run, the training step (`bench/train_step.py`'s
 with that preset's config and batch: the input is the bottleneck when its images/s (median)
 is below the step's. Each is timed alone with every core to itself; in training both share
 the cores, so a pipeline close to the step's rate slows the step down too.
+First it times the synthetic set's generation itself (100 train images into a temporary
+folder; the demo generates 1200 on first use).
 Numbers on a shared machine are noisy: run it on an idle one to compare changes.
 """
 
@@ -23,13 +25,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
 
 import numpy as np
 
 from refinedet_tf.config import get_preset
 from refinedet_tf.data import read_dataset
 from refinedet_tf.data.pipeline import make_dataset
-from refinedet_tf.data.synthetic import ensure_synthetic_dataset
+from refinedet_tf.data.synthetic import ensure_synthetic_dataset, generate_voc_dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe  # noqa: E402
@@ -80,6 +84,12 @@ def main():
     print(f"image size {args.image_size}, batch {args.batch_size}, training augmentation on; "
           f"{args.repeats} windows of {args.batches} batches after 2 warm-up batches: "
           "best (median) images/s")
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        generate_voc_dataset(folder, num_train=100, num_val=0)
+        seconds = time.perf_counter() - start
+    print(f"synthetic set generation: 100 images in {seconds:.1f} s ({100 / seconds:.0f} images/s, "
+          "one process)")
     synthetic = None
     for name, examples in open_datasets():
         cached = examples.cache()

@@ -1,5 +1,4 @@
 import os
-import time
 
 import numpy as np
 import pytest
@@ -59,13 +58,6 @@ def test_objects_stand_out_from_the_background():
                 centre = image[(y0 + y1) // 2 - 1:(y0 + y1) // 2 + 2, (x0 + x1) // 2 - 1:(x0 + x1) // 2 + 2]
                 colour = centre.reshape(-1, 3).mean(0)
                 assert np.abs(image.reshape(-1, 3).mean(0) - colour).max() > 20
-
-
-def test_generation_is_fast(tmp_path):
-    start = time.monotonic()
-    synthetic.generate_voc_dataset(str(tmp_path / "s"), num_train=100, num_val=0, image_size=256)
-    # The default 1200 images take ~10 s on one core; leave room for a busy machine.
-    assert time.monotonic() - start < 10.0
 
 
 def test_ensure_generates_once_atomically(tmp_path, monkeypatch):
