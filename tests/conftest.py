@@ -3,6 +3,18 @@ import os
 # Quieter TensorFlow logs in test output; must be set before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/
+from bench.machine import describe_cpu  # noqa: E402
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Every run ends by naming the CPU and its extensions (also under -q): float32 results
+    differ in their last digits between oneDNN's AVX2, AVX-512 and AMX kernels, so a failure
+    report must say which ran."""
+    terminalreporter.write_line(f"cpu: {describe_cpu()}")
+
 
 # ---- Data fixtures: tiny datasets written by the tests themselves, with hand-known boxes.
 

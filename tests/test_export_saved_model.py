@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from detection_parity import assert_detection_lists_agree
 from refinedet_tf import detect, generate_anchors, get_preset, preprocess_images
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.model import build_refinedet
@@ -98,18 +99,10 @@ def keras_detections(model, config, images, max_detections=MAX_DETECTIONS, label
 
 
 def assert_same_detections(ours, reference, box_atol=1e-4, score_atol=1e-5, rows=None):
-    """Same number of detections, same classes, boxes and scores close, row by row (both are
-    sorted by descending score; the test weights make scores distinct). `rows` limits the
-    comparison to the best rows (for quantized models)."""
-    np.testing.assert_array_equal(np.asarray(ours["num_detections"]).astype(int),
-                                  np.asarray(reference["num_detections"]).astype(int))
-    for b, n in enumerate(np.asarray(reference["num_detections"]).astype(int)):
-        k = n if rows is None else min(n, rows)
-        np.testing.assert_array_equal(ours["detection_classes"][b, :k], reference["detection_classes"][b, :k])
-        np.testing.assert_allclose(ours["detection_boxes"][b, :k], reference["detection_boxes"][b, :k], atol=box_atol)
-        np.testing.assert_allclose(ours["detection_scores"][b, :k], reference["detection_scores"][b, :k], atol=score_atol)
-        if rows is None:  # padding rows are zero
-            assert not np.any(ours["detection_boxes"][b, n:]) and not np.any(ours["detection_classes"][b, n:])
+    """Same detections as sets (detection_parity.assert_detection_lists_agree): rows whose
+    scores differ by less than the tolerance may swap places, and rows at the cut-off may be
+    exchanged; `rows` limits the comparison to the best rows (for quantized models)."""
+    assert_detection_lists_agree(ours, reference, box_atol, score_atol, rows=rows)
 
 
 def random_images(rng, shapes):

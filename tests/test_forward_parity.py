@@ -8,7 +8,7 @@ import refinedet_tf
 from golden import load, reference_config, swap_xy
 from reference_forward import reference_forward
 from reference_weights import seeded_input, seeded_state_dict
-from test_postprocess import assert_same_detections, reference_best
+from detection_parity import assert_detections_agree
 
 FEATURES = [  # our layer, golden array
     ("conv4_3_l2norm", "feat/source0_conv4_3_l2norm"),
@@ -48,12 +48,17 @@ def test_seeded_forward_equals_reference(model_320):
     for name in HEADS:
         ref = swap_xy(g[name]) if name.endswith("loc") else g[name]
         assert_close_to_scale(outputs[name].numpy(), ref, name)
+    outputs = {k: v.numpy() for k, v in outputs.items()}
     detections = refinedet_tf.detect(outputs, refinedet_tf.generate_anchors(config), config)
     detections = {k: v.numpy()[0] for k, v in detections.items()}
-    # Head outputs agree to ~5e-6 relative (float32 convolutions summed in another order), so
-    # scores and boxes agree to that order too; classes and the set of kept boxes are identical.
-    assert_same_detections(detections, reference_best(g["detections"], 0, 500),
-                           atol_boxes=1e-5, atol_scores=1e-5)
+    # The heads agree to float rounding (~5e-6 of scale here; another CPU sums the convolutions
+    # in another order), so the detections are compared as detection_parity.py defines: the
+    # same (anchor, class) set, scores and boxes within the bound that the measured head
+    # difference implies, and differences only where a threshold decision sits within it.
+    # A wrong variance, anchor order or coordinate order fails (tests/test_detection_parity.py).
+    reference_heads = {name: (swap_xy(g[name]) if name.endswith("loc") else g[name])[0] for name in HEADS}
+    assert_detections_agree(detections, {k: v[0] for k, v in outputs.items()}, g["detections"],
+                            reference_heads, refinedet_tf.generate_anchors(config), config, max_excused=10)
 
 
 def test_independent_forward_reproduces_the_golden_arrays():
