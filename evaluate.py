@@ -17,6 +17,8 @@ from absl import app, flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from refinedet_tf.data.policy import ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP  # noqa: E402  (after the log level)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "model_dir, .weights.h5 or checkpoint prefix")
 flags.DEFINE_string("saved_model", None, "a SavedModel exported by export_saved_model.py (its version folder)")
@@ -26,6 +28,7 @@ flags.DEFINE_string("data", None, "VOC folder, COCO JSON or TFRecord glob", requ
 flags.DEFINE_enum("format", None, ["voc", "coco", "tfrecord"], "dataset format (default: detected)")
 flags.DEFINE_string("split", "val", "VOC split (ImageSets/Main/<split>.txt)")
 flags.DEFINE_string("label_map", None, "label map file")
+flags.DEFINE_enum("on_bad_example", "error", list(ON_BAD_EXAMPLE), ON_BAD_EXAMPLE_HELP)
 flags.DEFINE_list("metrics", ["voc07"], "any of voc07, voc12, coco")
 flags.DEFINE_string("output_dir", None, "where metrics.json, detections.json and PR curves go")
 flags.DEFINE_integer("batch_size", 8, "images per batch (checkpoints)")
@@ -40,6 +43,7 @@ def main(argv):
     options = EvalOptions(
         data=FLAGS.data, checkpoint=FLAGS.checkpoint, saved_model=FLAGS.saved_model, detections=FLAGS.detections,
         preset=FLAGS.preset, format=FLAGS.format, split=FLAGS.split, label_map=FLAGS.label_map,
+        on_bad_example=FLAGS.on_bad_example,
         metrics=tuple(FLAGS.metrics), output_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size,
         max_images=FLAGS.max_images)
     try:

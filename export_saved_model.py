@@ -31,6 +31,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defines the flags (only when run as a script, so that importing this module next to
     another script's flags cannot clash)."""
+    from refinedet_tf.data.policy import ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP  # pylint: disable=import-outside-toplevel
     flags.DEFINE_string("checkpoint", None, "model_dir (config.json + best/final.weights.h5), a "
                         "X.weights.h5 with X.config.json beside it, or a tf checkpoint prefix")
     flags.DEFINE_string("preset", None, "optional: check that the checkpoint is this preset")
@@ -42,6 +43,7 @@ def define_flags():
                         "TFRecord files, or a folder/glob of images")
     flags.DEFINE_string("calibration_split", None, "VOC split of --calibration_data (default: all)")
     flags.DEFINE_integer("num_calibration", 100, "calibration images for int8")
+    flags.DEFINE_enum("on_bad_example", "error", list(ON_BAD_EXAMPLE), "of --calibration_data: " + ON_BAD_EXAMPLE_HELP)
     flags.DEFINE_bool("onnx", False, "also write onnx/refinedet.onnx (needs tf2onnx)")
     flags.DEFINE_integer("max_detections", 100, "detections per image (output rows)")
     flags.DEFINE_float("score_threshold", None, "minimum score (default: the config's, 0.01)")
@@ -89,7 +91,8 @@ def export(argv_flags):
         calibration = None
         if "int8" in f.tflite:
             calibration = calibration_images(f.calibration_data, config, f.num_calibration,
-                                             split=f.calibration_split, label_map=label_map)
+                                             split=f.calibration_split, label_map=label_map,
+                                             on_bad_example=f.on_bad_example, report_stream=sys.stdout)
             print(f"int8 calibration: {len(calibration)} images from {f.calibration_data}")
         for quantization in f.tflite:
             paths = export_tflite(model, config, os.path.join(f.output_dir, "tflite"), quantization,

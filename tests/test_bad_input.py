@@ -161,20 +161,30 @@ def test_box_outside_image_is_clipped_or_an_error(tmp_path):
         VocReader(root, clip_boxes=False)
 
 
-def test_box_entirely_outside_is_zero_area_once_clipped(tmp_path):
+def test_box_entirely_outside_is_dropped_for_training_and_kept_for_evaluation(tmp_path):
     root = _voc(tmp_path, objects=[BOX, ("cat", 50, 5, 60, 10)])
-    with pytest.raises(BadExampleError, match="zero area once clipped"):
-        VocReader(root)
-    assert _skip(root).metadata[0]["classes"].tolist() == [1]
+    train = VocReader(root)  # a quirk: never an error, whatever on_bad_example says
+    assert train.metadata[0]["classes"].tolist() == [1]
+    assert train.report.count("small_box") == 1 and train.report.count("clipped_box") == 1
+    evaluate = VocReader(root, purpose="evaluate")
+    assert evaluate.metadata[0]["classes"].tolist() == [1, 1]  # voc_eval counts it
+    np.testing.assert_allclose(evaluate.metadata[0]["boxes"][1], [4 / 30, 1, 10 / 30, 1])
+    assert evaluate.report.count("degenerate_box") == 1
 
 
-def test_zero_area_box_is_an_error_or_dropped(tmp_path):
+def test_one_pixel_voc_box_is_a_box(tmp_path):
+    """VOC corners are 1-based inclusive: xmin == xmax is a box 1 pixel wide, which voc_eval
+    counts. Training drops it (policy.py says why), evaluation keeps it; both list it."""
     root = _voc(tmp_path, objects=[BOX, ("cat", 7, 5, 7, 9)])
-    with pytest.raises(BadExampleError, match=r"x\.xml: object 1 \(cat\) has zero area"):
-        VocReader(root)
-    reader = _skip(root)
-    assert reader.metadata[0]["boxes"].shape == (1, 4)  # the image stays, without that box
-    assert reader.report.count("dropped_box") == 1 and reader.report.boxes == 1
+    train = VocReader(root)
+    assert train.metadata[0]["boxes"].shape == (1, 4)  # the image stays, without that box
+    assert train.report.count("small_box") == 1 and train.report.boxes == 1
+    assert "object 1 (cat) (xmin=7, ymin=5, xmax=7, ymax=9) is 1 px" in train.report.issues[0].detail
+    evaluate = VocReader(root, purpose="evaluate")
+    np.testing.assert_allclose(evaluate.metadata[0]["boxes"][1], [4 / 30, 6 / 40, 9 / 30, 7 / 40], rtol=1e-6)
+    assert evaluate.report.count("tiny_box") == 1 and evaluate.report.boxes == 2
+    two_pixels = VocReader(_voc(tmp_path / "2", objects=[("cat", 7, 5, 8, 9)]))
+    assert two_pixels.report.boxes == 1 and not two_pixels.report.issues
 
 
 def test_inverted_box(tmp_path):
@@ -259,8 +269,16 @@ def test_coco_duplicate_image_ids(tmp_path):
     assert len(CocoReader(path, on_bad_example="skip")) == 0
 
 
+def test_coco_zero_width_box_is_dropped_for_training_and_counted_for_evaluation(tmp_path):
+    path = _coco(tmp_path, [IMAGE], [_ann(1, 1), _ann(2, 1, (4, 4, 0, 11))])
+    train = CocoReader(path)
+    assert train.report.boxes == 1 and train.report.count("small_box") == 1
+    evaluate = CocoReader(path, purpose="evaluate")
+    assert evaluate.report.boxes == 2 and evaluate.report.count("degenerate_box") == 1
+    np.testing.assert_allclose(evaluate.metadata[0]["boxes"][1], [4 / 30, 0.1, 15 / 30, 0.1])
+
+
 @pytest.mark.parametrize("bbox, message", [
-    ((4, 4, 0, 11), "has zero area"),
     ((4, 4, -3, 11), "xmin > xmax"),
     ((4, 4, "w", 11), "bbox must be 4 numbers"),
 ])

@@ -99,9 +99,13 @@ def test_label_not_in_label_map_fails_naming_the_key(tmp_path):
 def test_empty_record_and_empty_shard_are_valid(tmp_path):
     empty_shard = _write(tmp_path / "e-1.tfrecord", [])
     _write(tmp_path / "e-0.tfrecord", [_od_api_record([], labels=[])])
-    (e,) = list(tfrecord.TFRecordReader(str(tmp_path / "e-*.tfrecord")))
+    (e,) = list(tfrecord.TFRecordReader(str(tmp_path / "e-*.tfrecord"), keep_empty=True))
     assert e["boxes"].shape == (0, 4) and e["classes"].shape == (0,)
     assert empty_shard in tfrecord.list_files(str(tmp_path))
+    # Training skips images without objects, as from a VOC folder, and counts them.
+    train = tfrecord.TFRecordReader(str(tmp_path / "e-*.tfrecord"))
+    assert list(train) == [] and train.report.count("empty") == 1 and len(train) == 0
+    assert len(tfrecord.TFRecordReader(str(tmp_path / "e-*.tfrecord"), purpose="evaluate")) == 1
 
 
 def test_serialization_is_deterministic(tiny_voc):

@@ -106,7 +106,7 @@ def test_run_writes_config_metrics_logs_and_refuses_an_incompatible_resume(data,
 
 
 def test_arm_warmup_stage_then_joint_training(data, tmp_path):
-    config = run_lib.resolve_config(tiny_options(data, tmp_path))
+    config = run_lib.config_for_data(tiny_options(data, tmp_path), ["background"] * 7)
     snapshots = {}
 
     class Snapshot(keras.callbacks.Callback):

@@ -19,6 +19,7 @@ def tiny_options(data, model_dir, **kwargs):
     defaults = dict(preset="mobilenetv2_lite_192", config_overrides=dict(TINY), data=data,
                     val_data=None, model_dir=str(model_dir), batch_size=4, steps=4, lr=0.01,
                     warmup_steps=0, lr_schedule="multistep", lr_boundaries=(), eval_every=0,
-                    checkpoint_every=2, log_every=1, seed=1, num_parallel_calls=1)
+                    checkpoint_every=2, log_every=1, seed=1, num_parallel_calls=1, optimizer="sgd",
+                    clip_grad_norm=0.0)
     defaults.update(kwargs)
     return TrainOptions(**defaults)

@@ -14,9 +14,10 @@ import glob
 import os
 
 from refinedet_tf.data.example import (
-    KEYS, BadExampleError, Policy, Report, coco_xywh_to_normalized, normalized_to_coco_xywh,
+    KEYS, BadExampleError, Report, coco_xywh_to_normalized, normalized_to_coco_xywh,
     normalized_to_voc_pixels, voc_pixels_to_normalized)
 from refinedet_tf.data.label_map import LabelMap, load_label_map
+from refinedet_tf.data.policy import Policy
 
 FORMATS = ("voc", "coco", "tfrecord")
 
@@ -54,8 +55,8 @@ def open_reader(path_or_glob, format: str | None = None, split: str | None = Non
       format: one of FORMATS, or None to detect it.
       split: VOC split name (ImageSets/Main/<split>.txt); not used by the other formats.
       label_map: `LabelMap` or label map file (see each reader for its default).
-      **kwargs: reader options: on_bad_example, keep_empty, clip_boxes, check_images (VOC,
-        COCO), image_dir (COCO).
+      **kwargs: reader options: the policy (on_bad_example, keep_empty, clip_boxes, purpose:
+        see policy.py), check_images (VOC, COCO), image_dir (COCO).
     """
     from refinedet_tf.data import coco, tfrecord, voc
 
@@ -67,9 +68,11 @@ def open_reader(path_or_glob, format: str | None = None, split: str | None = Non
     if format == "coco":
         return coco.CocoReader(path_or_glob, label_map=label_map, **kwargs)
     if format == "tfrecord":
-        if kwargs:
-            raise ValueError(f"TFRecord reading takes no options {sorted(kwargs)}: prepare applied them")
-        return tfrecord.TFRecordReader(path_or_glob, label_map)
+        # Reading images and annotations is prepare's work; only the policy applies here.
+        unused = sorted(set(kwargs) - {"on_bad_example", "keep_empty", "clip_boxes", "purpose"})
+        if unused:
+            raise ValueError(f"TFRecord reading takes no options {unused}: prepare applied them")
+        return tfrecord.TFRecordReader(path_or_glob, label_map, **kwargs)
     raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
 
 

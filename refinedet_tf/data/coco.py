@@ -18,7 +18,8 @@ import collections
 import json
 import os
 
-from refinedet_tf.data.example import BadExampleError, ExampleReader, Policy, RawBox
+from refinedet_tf.data.example import BadExampleError, ExampleReader, RawBox
+from refinedet_tf.data.policy import Policy
 from refinedet_tf.data.label_map import LabelMap, load_label_map
 
 
@@ -32,7 +33,7 @@ class CocoReader(ExampleReader):
         to val2017/), `<json dir>/images` and `<json dir>/../images`, and keeps the first that
         holds the first image.
       label_map: a `LabelMap`, a label map file, or None for the JSON's categories.
-      on_bad_example, keep_empty, clip_boxes: the `example.Policy`.
+      on_bad_example, keep_empty, clip_boxes, purpose: the `policy.Policy`.
       check_images: probe every image header when building (existence, format, real size).
     Raises:
       BadExampleError naming the file, under on_bad_example="error".
@@ -41,11 +42,11 @@ class CocoReader(ExampleReader):
     format = "coco"
 
     def __init__(self, annotation_file: str, image_dir: str | None = None, label_map=None, *,
-                 on_bad_example: str = "error", keep_empty: bool = False,
-                 clip_boxes: bool = True, check_images: bool = True):
+                 on_bad_example: str = "error", keep_empty: bool | None = None,
+                 clip_boxes: bool = True, purpose: str = "train", check_images: bool = True):
         data = _load_json(annotation_file)
         super().__init__(_resolve_label_map(annotation_file, data, label_map),
-                         Policy(on_bad_example, keep_empty, clip_boxes), check_images)
+                         Policy(on_bad_example, keep_empty, clip_boxes, purpose), check_images)
         self.annotation_file = annotation_file
         images = data["images"]
         self.image_dir = image_dir if image_dir is not None else _find_image_dir(annotation_file, images)

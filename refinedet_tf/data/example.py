@@ -10,7 +10,8 @@ dtypes from `tf.data`):
               `image/filename` stem).
   height      int32: H, the original stored size.
   width       int32: W.
-  boxes       float32 [N, 4] normalized [ymin, xmin, ymax, xmax], 0 <= min < max <= 1.
+  boxes       float32 [N, 4] normalized [ymin, xmin, ymax, xmax], 0 <= min <= max <= 1
+              (min == max only for a zero-area box kept for evaluation, policy.py).
   classes     int32 [N] contiguous class ids in 1..C-1 (through the label map; 0 is background).
   difficult   bool [N] (VOC's flag; False elsewhere unless the TFRecord stores it).
   is_crowd    bool [N] (COCO's `iscrowd`; False elsewhere).
@@ -23,15 +24,10 @@ Pixel conventions (both directions are here because evaluation writes results ba
     (same for y with H), so a box covering the whole image is [1, 1, H, W] -> [0, 0, 1, 1].
   COCO [x, y, w, h]: continuous pixel coordinates. xmin = x / W, xmax = (x + w) / W.
 
-Bad input: problems raise `BadExampleError(path, reason)` (a ValueError naming the file), or,
-where skipping is what a user wants, are skipped and counted in a `Report`. The policy:
-  on_bad_example="error" (default): a structural problem (missing/corrupt image, malformed
-    annotation, size mismatch, NaN/negative/inverted box, unknown class) raises.
-  on_bad_example="skip": that example is skipped and listed in the report with its reason; a
-    zero-area box only drops that box (listed), the rest of the example is kept.
-  keep_empty=False (default): an image with no objects is skipped and counted; True keeps it.
-  clip_boxes=True (default): a box reaching outside the image is clipped to it and counted;
-    False makes it a bad example.
+Bad input and annotation quirks: `policy.py` says what every command does with them (raise
+`BadExampleError(path, reason)` — a ValueError naming the file — or skip and count in a
+`Report`; quirks such as 1-pixel or zero-area boxes are dropped for training and kept for
+evaluation, always listed).
 """
 
 from __future__ import annotations
@@ -43,9 +39,11 @@ import math
 
 import numpy as np
 
+from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy
+
 KEYS = ("image", "image_id", "height", "width", "boxes", "classes", "difficult", "is_crowd")
 METADATA_KEYS = ("image_id", "height", "width", "boxes", "classes", "difficult", "is_crowd")
-ON_BAD_EXAMPLE = ("error", "skip")
+__all__ = ["KEYS", "METADATA_KEYS", "BadExampleError", "Policy", "Report", "RawBox", "ExampleReader"]
 
 
 class BadExampleError(ValueError):
@@ -57,25 +55,13 @@ class BadExampleError(ValueError):
         self.reason = reason
 
 
-@dataclasses.dataclass(frozen=True)
-class Policy:
-    """What readers do with bad input (see the module docstring)."""
-
-    on_bad_example: str = "error"
-    keep_empty: bool = False
-    clip_boxes: bool = True
-
-    def __post_init__(self):
-        if self.on_bad_example not in ON_BAD_EXAMPLE:
-            raise ValueError(
-                f"on_bad_example must be one of {ON_BAD_EXAMPLE}, got {self.on_bad_example!r}")
-
-
 # Report issue kinds, and what each means.
 ISSUE_KINDS = {
     "skipped": "example skipped (bad input, on_bad_example='skip')",
     "empty": "image with no objects skipped (keep_empty=False)",
-    "dropped_box": "zero-area box dropped (on_bad_example='skip')",
+    "small_box": f"box under {MIN_TRAIN_BOX_PIXELS:g} px on a side (or of zero area) dropped for training",
+    "tiny_box": f"box under {MIN_TRAIN_BOX_PIXELS:g} px on a side, kept: the evaluation protocols count it",
+    "degenerate_box": "zero-area box kept: the evaluation protocols count it (no detection can match it)",
     "clipped_box": "box outside the image clipped to it",
     "grayscale": "grayscale image decoded to RGB",
     "cmyk": "CMYK/YCCK JPEG decoded to RGB",
@@ -168,7 +154,7 @@ class Report:
         lines += [f"  {name:<{width}}  {n}" for name, n in sorted(self.per_class.items())]
         for kind, n in self.counts().items():
             lines.append(f"{kind}: {n}  ({ISSUE_KINDS[kind]})")
-        shown = [i for i in self.issues if i.kind in ("skipped", "empty", "dropped_box")]
+        shown = [i for i in self.issues if i.kind in ("skipped", "empty", "small_box")]
         shown += [i for i in self.issues if i not in shown]
         for issue in shown[:max_issues]:
             lines.append(f"  [{issue.kind}] {issue.path}" + (f": {issue.detail}" if issue.detail else ""))
@@ -239,22 +225,29 @@ class RawBox:
 def finalize_boxes(path, raw_boxes, height, width, convention, policy, report):
     """Validates raw pixel boxes, converts them to normalized yxyx and applies the policy.
 
-    Checks, in order, per box: non-finite or negative coordinates and xmin > xmax / ymin > ymax
-    are bad examples; xmin == xmax or ymin == ymax (VOC: a click without a drag; COCO: w or h
-    of 0) is a zero-area box; a box reaching outside the image is clipped (counted), or is a bad
-    example with `clip_boxes=False`; a box clipped to nothing is a zero-area box.
+    Per box, in order (see policy.py for the table):
+      * non-finite or negative coordinates, xmin > xmax or ymin > ymax: a bad example (raises);
+      * a box reaching outside the image is clipped (`clipped_box`), or with `clip_boxes=False`
+        is a bad example;
+      * its size in pixels: VOC corners are 1-based inclusive, so xmin == xmax is a box 1 pixel
+        wide (voc_eval counts it); COCO's w = 0 is zero area. A shorter side under
+        `policy.min_box_pixels` (training: 2) drops the box (`small_box`); otherwise a zero-area
+        box is kept as `degenerate_box` and one under 2 pixels as `tiny_box`, both listed.
 
     Args:
       path: the annotation file, for messages and the report.
       raw_boxes: list of `RawBox`.
       height, width: the image size in pixels.
       convention: "voc" (1-based inclusive) or "coco" (continuous).
-      policy: a `Policy`; report: a `Report` receiving clipped/dropped boxes.
+      policy: a `Policy`; report: a `Report` receiving clipped, dropped and suspicious boxes.
     Returns:
-      dict with boxes float32 [N, 4], classes int32 [N], difficult bool [N], is_crowd bool [N].
+      dict with boxes float32 [N, 4] (0 <= min <= max <= 1), classes int32 [N], difficult bool
+      [N], is_crowd bool [N].
     Raises:
       BadExampleError naming `path`, the object and the problem.
     """
+    if convention not in ("voc", "coco"):
+        raise ValueError(f"unknown box convention {convention!r}")
     kept = []
     for box in raw_boxes:
         xmin, ymin, xmax, ymax = box.corners
@@ -265,24 +258,26 @@ def finalize_boxes(path, raw_boxes, height, width, convention, policy, report):
             raise BadExampleError(path, f"{box.where} has a negative coordinate {coords}")
         if xmin > xmax or ymin > ymax:
             raise BadExampleError(path, f"{box.where} has xmin > xmax or ymin > ymax {coords}")
-        if xmin == xmax or ymin == ymax:
-            _zero_area(path, box, f"{box.where} has zero area {coords}", policy, report)
-            continue
         if convention == "voc":
             yxyx = voc_pixels_to_normalized([ymin, xmin, ymax, xmax], height, width)
-        elif convention == "coco":
-            yxyx = coco_xywh_to_normalized([xmin, ymin, xmax - xmin, ymax - ymin], height, width)
         else:
-            raise ValueError(f"unknown box convention {convention!r}")
+            yxyx = coco_xywh_to_normalized([xmin, ymin, xmax - xmin, ymax - ymin], height, width)
         clipped = np.clip(yxyx, 0.0, 1.0)
+        where = f"{box.where} {coords}"
         if np.any(clipped != yxyx):
-            where = f"{box.where} {coords} reaches outside the {width}x{height} image"
+            where = f"{where} reaches outside the {width}x{height} image"
             if not policy.clip_boxes:
                 raise BadExampleError(path, f"{where} (clip_boxes=False)")
             report.add(path, "clipped_box", where)
-            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                _zero_area(path, box, f"{where} and has zero area once clipped", policy, report)
-                continue
+        side = min((float(clipped[2]) - float(clipped[0])) * height, (float(clipped[3]) - float(clipped[1])) * width)
+        side = round(side, 6)  # normalized float32 round trip: a 1-pixel box stays 1, not 0.9999
+        if side < policy.min_box_pixels or (side <= 0 and not policy.keeps_degenerate_boxes):
+            report.add(path, "small_box", f"{where} is {side:g} px on its shorter side")
+            continue
+        if side <= 0:
+            report.add(path, "degenerate_box", f"{where} has zero area")
+        elif side < MIN_TRAIN_BOX_PIXELS:
+            report.add(path, "tiny_box", f"{where} is {side:g} px on its shorter side")
         kept.append((clipped, box))
     return {
         "boxes": np.array([k[0] for k in kept], np.float32).reshape(-1, 4),
@@ -290,12 +285,6 @@ def finalize_boxes(path, raw_boxes, height, width, convention, policy, report):
         "difficult": np.array([k[1].difficult for k in kept], bool),
         "is_crowd": np.array([k[1].is_crowd for k in kept], bool),
     }
-
-
-def _zero_area(path, box, reason, policy, report):
-    if policy.on_bad_example == "error":
-        raise BadExampleError(path, reason + " (on_bad_example='skip' drops such boxes)")
-    report.add(path, "dropped_box", reason)
 
 
 def _fmt(v):
@@ -323,8 +312,8 @@ def check_example(example: dict, num_classes: int | None = None) -> None:
         if value.dtype != dtype or value.shape != (n,):
             raise ValueError(f"{key} must be {np.dtype(dtype)} [{n}], got {value.dtype} {list(value.shape)}")
     if n and not (np.all(boxes >= 0) and np.all(boxes <= 1)
-                  and np.all(boxes[:, 2:] > boxes[:, :2])):
-        raise ValueError(f"boxes must satisfy 0 <= min < max <= 1, got {boxes.tolist()}")
+                  and np.all(boxes[:, 2:] >= boxes[:, :2])):
+        raise ValueError(f"boxes must satisfy 0 <= min <= max <= 1, got {boxes.tolist()}")
     classes = np.asarray(example["classes"])
     if n and (classes.min() < 1 or (num_classes is not None and classes.max() >= num_classes)):
         raise ValueError(f"classes must be in 1..{num_classes and num_classes - 1}, got {classes.tolist()}")

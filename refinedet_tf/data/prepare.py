@@ -39,6 +39,7 @@ import time
 
 from refinedet_tf.data import image_io
 from refinedet_tf.data.example import BadExampleError, Report
+from refinedet_tf.data.policy import ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP
 
 _DIRECTIVE = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[diouxX]")
 
@@ -227,8 +228,7 @@ def _define_flags(fv):
     flags.DEFINE_string("label_map", None, "Names file or .pbtxt (default: the dataset's own).", flag_values=fv)
     flags.DEFINE_string("output", None, "Shard pattern, e.g. out/train-%05d-of-00004.tfrecord.", flag_values=fv)
     flags.DEFINE_integer("num_shards", 1, "Number of shards.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_enum("on_bad_example", "error", ["error", "skip"],
-                      "error: stop at the first bad example; skip: skip and report it.", flag_values=fv)
+    flags.DEFINE_enum("on_bad_example", "error", list(ON_BAD_EXAMPLE), ON_BAD_EXAMPLE_HELP, flag_values=fv)
     flags.DEFINE_boolean("keep_empty", False, "Keep images without objects.", flag_values=fv)
     flags.DEFINE_boolean("clip_boxes", True, "Clip boxes reaching outside the image (else bad).", flag_values=fv)
     flags.DEFINE_integer("num_workers", None, "Decoding threads (default: CPUs, at most 8).",
@@ -257,7 +257,10 @@ def run(argv, stdout=None, stderr=None) -> int:
         stderr.write(f"prepare: {e}\nusage: python -m refinedet_tf.data.prepare --input ... --output ...\n")
         return 2
     fmt = fv.format or ("coco" if fv.input.endswith(".json") else "voc")
-    policy = dict(on_bad_example=fv.on_bad_example, keep_empty=fv.keep_empty, clip_boxes=fv.clip_boxes)
+    # "convert": the shards keep every box the evaluation protocols count (1-pixel VOC boxes
+    # too); training drops the small ones when it reads them (policy.py).
+    policy = dict(on_bad_example=fv.on_bad_example, keep_empty=fv.keep_empty, clip_boxes=fv.clip_boxes,
+                  purpose="convert")
     start = time.monotonic()
     try:
         shard_paths(fv.output, fv.num_shards)

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from refinedet_tf.data.example import METADATA_KEYS, BadExampleError, Report
 from refinedet_tf.data.label_map import LabelMap, load_label_map
+from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy
 
 REQUIRED_KEYS = ("image/encoded", "image/height", "image/width")
 _BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax"))
@@ -220,7 +221,8 @@ class TFRecordReader:
 
     format = "tfrecord"
 
-    def __init__(self, path_or_glob, label_map=None):
+    def __init__(self, path_or_glob, label_map=None, *, on_bad_example: str = "error",
+                 keep_empty: bool | None = None, clip_boxes: bool = True, purpose: str = "train"):
         self.files = list_files(path_or_glob)
         self.label_map_path = label_map if isinstance(label_map, str) else None
         if label_map is None:
@@ -229,17 +231,25 @@ class TFRecordReader:
         if isinstance(label_map, str):
             label_map = load_label_map(label_map)
         self.label_map = label_map
+        # prepare already applied the checks that need the source files (bad examples, clipping):
+        # what is left to a reader is the purpose's choice of boxes and empty images.
+        self.policy = Policy(on_bad_example, keep_empty, clip_boxes, purpose)
         self._lookup = _ClassLookup(label_map)
         self._metadata = None
+        self._report = None
         for path in self.files:
             check_first_record(path)
 
     def as_dataset(self, decode: bool = True) -> tf.data.Dataset:
-        """A deterministic `tf.data.Dataset` of example dicts (files in order, records in order)."""
-        lookup = self._lookup
-        return tf.data.TFRecordDataset(self.files).map(
-            lambda s: parse_example(s, decode=decode, lookup=lookup),
+        """A deterministic `tf.data.Dataset` of example dicts (files in order, records in order),
+        with the policy applied (training drops small boxes, then empty images)."""
+        lookup, policy = self._lookup, self.policy
+        dataset = tf.data.TFRecordDataset(self.files).map(
+            lambda s: apply_box_policy(parse_example(s, decode=decode, lookup=lookup), policy),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if not policy.keep_empty:
+            dataset = dataset.filter(lambda e: tf.shape(e["classes"])[0] > 0)
+        return dataset
 
     def __iter__(self):
         """Yields numpy examples (image_id as str)."""
@@ -249,12 +259,9 @@ class TFRecordReader:
 
     @property
     def metadata(self) -> list[dict]:
-        """Every record's example without `image` (parsed once, images not decoded)."""
+        """Every kept record's example without `image` (parsed once, images not decoded)."""
         if self._metadata is None:
-            self._metadata = []
-            for meta in self.as_dataset(decode=False).as_numpy_iterator():
-                meta["image_id"] = meta["image_id"].decode()
-                self._metadata.append({k: meta[k] for k in METADATA_KEYS})
+            self._read_metadata()
         return self._metadata
 
     def __len__(self):
@@ -262,12 +269,61 @@ class TFRecordReader:
 
     @property
     def report(self) -> Report:
-        """Images, boxes and per-class counts of the records (from `metadata`)."""
-        report = Report()
+        """Images, boxes and per-class counts of the kept records, and what the policy dropped
+        (small boxes, empty images) or flagged (tiny and degenerate boxes), per record."""
+        if self._report is None:
+            self._read_metadata()
+        return self._report
+
+    def _read_metadata(self):
         names = self.label_map.names if self.label_map else _IdNames()
-        for meta in self.metadata:
+        report, metadata = Report(), []
+        raw = tf.data.TFRecordDataset(self.files).map(
+            lambda s: parse_example(s, decode=False, lookup=self._lookup))
+        for k, meta in enumerate(raw.as_numpy_iterator()):
+            meta["image_id"] = meta["image_id"].decode()
+            where = f"{self.files[0] if len(self.files) == 1 else 'TFRecords'} record {k} (image {meta['image_id']})"
+            sides = box_sides_pixels(meta["boxes"], meta["height"], meta["width"])
+            keep = sides >= self.policy.min_box_pixels
+            if not self.policy.keeps_degenerate_boxes:
+                keep &= sides > 0
+            for j in np.flatnonzero(~keep):
+                report.add(where, "small_box", f"box {j} is {sides[j]:g} px on its shorter side")
+            for j in np.flatnonzero(keep & (sides <= 0)):
+                report.add(where, "degenerate_box", f"box {j} has zero area")
+            for j in np.flatnonzero(keep & (sides > 0) & (sides < MIN_TRAIN_BOX_PIXELS)):
+                report.add(where, "tiny_box", f"box {j} is {sides[j]:g} px on its shorter side")
+            meta.update({key: meta[key][keep] for key in ("boxes", "classes", "difficult", "is_crowd")})
+            if not len(meta["classes"]) and not self.policy.keep_empty:
+                report.add(where, "empty", "no objects (keep_empty=True keeps such images)")
+                continue
+            metadata.append({key: meta[key] for key in METADATA_KEYS})
             report.count_example(meta["classes"], names)
-        return report
+        self._metadata, self._report = metadata, report
+
+
+def box_sides_pixels(boxes_yxyx, height, width):
+    """Shorter side of each normalized box in pixels of its image (numpy [N] or tf [N]), rounded
+    to 1e-6 so that a 1-pixel box stored as normalized float32 measures 1, not 0.9999."""
+    sides = np.minimum((boxes_yxyx[:, 2] - boxes_yxyx[:, 0]) * np.float64(height),
+                       (boxes_yxyx[:, 3] - boxes_yxyx[:, 1]) * np.float64(width))
+    return np.round(sides, 6)
+
+
+def apply_box_policy(example, policy: Policy):
+    """In-graph: drops the boxes the policy drops (training: shorter side under 2 pixels)."""
+    if policy.keeps_degenerate_boxes and policy.min_box_pixels <= 0:
+        return example
+    boxes = example["boxes"]
+    height = tf.cast(example["height"], tf.float32)
+    width = tf.cast(example["width"], tf.float32)
+    sides = tf.minimum((boxes[:, 2] - boxes[:, 0]) * height, (boxes[:, 3] - boxes[:, 1]) * width)
+    sides = tf.round(sides * 1e6) / 1e6
+    keep = sides >= policy.min_box_pixels
+    out = dict(example)
+    for key in ("boxes", "classes", "difficult", "is_crowd"):
+        out[key] = tf.boolean_mask(example[key], keep)
+    return out
 
 
 class _IdNames:

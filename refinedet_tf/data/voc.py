@@ -17,7 +17,8 @@ import glob
 import os
 import xml.etree.ElementTree as ET
 
-from refinedet_tf.data.example import BadExampleError, ExampleReader, Policy, RawBox
+from refinedet_tf.data.example import BadExampleError, ExampleReader, RawBox
+from refinedet_tf.data.policy import Policy
 from refinedet_tf.data.label_map import LabelMap, default_label_map_path, load_label_map
 
 
@@ -53,7 +54,7 @@ class VocReader(ExampleReader):
       label_map: a `LabelMap`, a label map file, or None for the folder's own `labelmap.txt`
         / `labelmap.pbtxt` (an error when there is none: class ids must not depend on which
         classes a split happens to contain).
-      on_bad_example, keep_empty, clip_boxes: the `example.Policy`.
+      on_bad_example, keep_empty, clip_boxes, purpose: the `policy.Policy`.
       check_images: probe every image header when building (existence, format, real size);
         False trusts the XML sizes (faster for a quick look at annotations).
     Raises:
@@ -63,12 +64,12 @@ class VocReader(ExampleReader):
     format = "voc"
 
     def __init__(self, root: str, split: str | None = None, label_map=None, *,
-                 on_bad_example: str = "error", keep_empty: bool = False,
-                 clip_boxes: bool = True, check_images: bool = True):
+                 on_bad_example: str = "error", keep_empty: bool | None = None,
+                 clip_boxes: bool = True, purpose: str = "train", check_images: bool = True):
         if not is_voc_dir(root):
             raise BadExampleError(root, "not a VOC folder (no Annotations/ inside)")
         super().__init__(_resolve_label_map(root, label_map),
-                         Policy(on_bad_example, keep_empty, clip_boxes), check_images)
+                         Policy(on_bad_example, keep_empty, clip_boxes, purpose), check_images)
         self.root = root
         self.split = split
         if split is None:

@@ -29,6 +29,7 @@ class EvalOptions:
     format: str | None = None
     split: str | None = None
     label_map: str | None = None
+    on_bad_example: str = "error"  # data/policy.py
     metrics: tuple = ("voc07",)
     output_dir: str | None = None
     batch_size: int = 8
@@ -155,6 +156,14 @@ def _keep(by_image, targets, det):
                               np.asarray(det["detection_classes"][i][:n]).astype(np.int64))
 
 
+def print_data_report(reader, stream, max_issues=10):
+    """The ground truth evaluated: images, boxes per class, and each skipped or suspicious
+    example (file, object, why) as a warning, as `prepare` reports them."""
+    report = reader.report
+    print(f"ground truth ({reader.format}, {reader.policy.purpose} policy):", file=stream)
+    print("  " + report.format(max_issues=max_issues).replace("\n", "\n  "), file=stream)
+
+
 def _ap_table_rows(result):
     return format_ap_table({k: v for k, v in result.items() if k != "pr_curves"})
 
@@ -168,8 +177,11 @@ def run(options, stream=None):
     if len(sources) != 1:
         raise ValueError("pass exactly one of --checkpoint, --saved_model, --detections")
     fmt = options.format or data_lib.detect_format(options.data)
+    # The evaluation policy: every box the protocol counts is ground truth (1-pixel VOC boxes,
+    # zero-area COCO boxes), listed as warnings; images without objects count for false positives.
     reader = data_lib.open_reader(options.data, fmt, options.split if fmt == "voc" else None, options.label_map,
-                                  keep_empty=True)
+                                  on_bad_example=options.on_bad_example, purpose="evaluate")
+    print_data_report(reader, stream)
     names = list(reader.label_map.names)
     if options.checkpoint:
         from refinedet_tf.checkpoints import config_for_checkpoint  # pylint: disable=import-outside-toplevel

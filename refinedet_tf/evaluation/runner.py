@@ -27,11 +27,16 @@ def make_predict_fn(detector, anchors_yxyx, config, max_detections=None):
     return predict
 
 
-def _voc_detection_pixels(boxes_yxyx, height, width):
-    """Detections in VOC's 1-based inclusive pixels. A box thinner than a pixel (an untrained
-    model predicts some) would come out with min = y*H + 1 > max = y*H; it becomes one pixel
-    thick instead, the thinnest box VOC's inclusive extents can express."""
-    boxes = normalized_to_voc_pixels(boxes_yxyx, height, width)
+def _voc_pixels(boxes_yxyx, height, width):
+    """Normalized boxes in VOC's 1-based inclusive pixels, as voc_eval reads them.
+
+    Rounded to 1e-4 pixel: a VOC box stored as normalized float32 comes back to its integer
+    corners (a 1-pixel box [7, 7], not [7.0000001, 7.00000003]). A box thinner than a pixel (a
+    zero-area COCO box, or a detection of an untrained model) would come out with
+    min = y*H + 1 > max = y*H; it becomes one pixel thick instead, the thinnest box VOC's
+    inclusive extents can express.
+    """
+    boxes = np.round(normalized_to_voc_pixels(boxes_yxyx, height, width), 4)
     boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2])
     return boxes
 
@@ -75,8 +80,8 @@ class DetectionEvaluation:
             scores = d["detection_scores"][i][:n]
             det_classes = d["detection_classes"][i][:n].astype(np.int64)
             if self.voc is not None:
-                self.voc.add_ground_truth(image_id, normalized_to_voc_pixels(gt_norm, h, w), gt_classes, difficult)
-                self.voc.add_detections(image_id, _voc_detection_pixels(det_norm, h, w), scores, det_classes)
+                self.voc.add_ground_truth(image_id, _voc_pixels(gt_norm, h, w), gt_classes, difficult)
+                self.voc.add_detections(image_id, _voc_pixels(det_norm, h, w), scores, det_classes)
             if self.coco is not None:
                 scale = np.array([h, w, h, w], np.float64)
                 crowd = t["is_crowd"][i][valid] if "is_crowd" in t else None

@@ -172,7 +172,7 @@ def _representative_dataset(images):
 
 
 def calibration_images(path, config, num_images=DEFAULT_NUM_CALIBRATION, split=None,
-                       label_map=None):
+                       label_map=None, on_bad_example="error", report_stream=None):
     """The first `num_images` images of a data set, preprocessed for the network.
 
     Args:
@@ -181,12 +181,15 @@ def calibration_images(path, config, num_images=DEFAULT_NUM_CALIBRATION, split=N
       config: the RefineDetConfig (image size and normalization).
       split: VOC split (None: every annotated image).
       label_map: for readers that need one (VOC folders without labelmap.txt).
+      on_bad_example: the data policy's choice for a data set (data/policy.py); the data set is
+        read with the evaluation policy (only its images are used).
+      report_stream: where the data set reader's report goes (None: not printed).
     Returns:
       a list of float32 [1, S, S, 3] arrays (warp-resized and normalized as the exported
       models expect). Raises ValueError when no image is found.
     """
     images = []
-    for rgb in _iter_rgb_images(path, split, label_map):
+    for rgb in _iter_rgb_images(path, split, label_map, on_bad_example, report_stream):
         images.append(resize_and_preprocess(rgb[None], config).numpy())
         if len(images) >= num_images:
             break
@@ -195,7 +198,7 @@ def calibration_images(path, config, num_images=DEFAULT_NUM_CALIBRATION, split=N
     return images
 
 
-def _iter_rgb_images(path, split, label_map):
+def _iter_rgb_images(path, split, label_map, on_bad_example, report_stream):
     if any(c in path for c in "*?[") and not glob.glob(path):
         raise ValueError(f"no calibration image found in {path}: the pattern matches no file")
     files = _image_files(path)
@@ -205,15 +208,13 @@ def _iter_rgb_images(path, split, label_map):
         return
     from refinedet_tf import data  # pylint: disable=import-outside-toplevel
 
-    kind = data.detect_format(path)
-    options = {} if kind == "tfrecord" else dict(keep_empty=True, on_bad_example="skip")
-    reader = data.open_reader(path, format=kind, split=split, label_map=label_map, **options)
-    if kind == "tfrecord":
-        for example in reader.as_dataset():
-            yield example["image"].numpy()
-    else:
-        for example in reader:
-            yield example["image"]
+    reader = data.open_reader(path, split=split, label_map=label_map, on_bad_example=on_bad_example,
+                              purpose="evaluate")
+    if report_stream is not None:
+        print(f"calibration data {path}:\n  " + reader.report.format(max_issues=10).replace("\n", "\n  "),
+              file=report_stream)
+    for example in reader.as_dataset():
+        yield example["image"].numpy()
 
 
 def _image_files(path):

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from refinedet_tf import checkpoints
 from refinedet_tf.anchors import generate_anchors
-from refinedet_tf.config import RefineDetConfig, get_preset
+from refinedet_tf.config import RefineDetConfig, get_preset, recipe_for
 from refinedet_tf.training import callbacks as cb
 from refinedet_tf.training.precise_bn import recompute_batch_norm_statistics
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
@@ -42,26 +42,28 @@ class TrainOptions:
     split: str = "train"
     val_split: str = "val"
     label_map: str | None = None
+    on_bad_example: str = "error"  # data/policy.py
     model_dir: str = "runs/refinedet"
-    batch_size: int = 16
+    # None: the preset's recipe (config.recipe_for), resolved by `resolve_recipe`.
+    batch_size: int | None = None
     steps: int | None = None
     epochs: float | None = None
-    lr: float | None = None
-    warmup_steps: int = 0
-    lr_schedule: str = "multistep"
-    lr_boundaries: tuple = (0.667, 0.833)
+    lr: float | None = None  # None after resolving too: 1e-3 x batch/32 (the paper's)
+    warmup_steps: int | None = None
+    lr_schedule: str | None = None
+    lr_boundaries: tuple | None = None
     weight_decay: float = 5e-4
     momentum: float = 0.9
     grad_accum_steps: int = 1
-    clip_grad_norm: float = 0.0
-    optimizer: str = "sgd"
+    clip_grad_norm: float | None = None
+    optimizer: str | None = None
     freeze_backbone: bool = False
     mixed_precision: bool = False
     jit_compile: bool = False
     strategy: str = "default"
     seed: int = 0
     deterministic: bool = False
-    eval_every: int = 0  # steps; 0: only at the end (when there is validation data)
+    eval_every: int | None = None  # steps; 0: only at the end (when there is validation data)
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     arm_warmup_steps: int = 0
@@ -76,11 +78,6 @@ class TrainOptions:
 
 def _print(*args):
     print(*args, flush=True)
-
-
-def resolve_config(options):
-    config = get_preset(options.preset, **options.config_overrides)
-    return config
 
 
 def check_resume_compatible(model_dir, config, options):
@@ -106,8 +103,13 @@ def check_resume_compatible(model_dir, config, options):
                 f"with {options.batch_size} would change the data position and schedule")
 
 
-def _data_sources(options, config):
-    """-> (train reader, val reader or None, class names, label map)."""
+def _data_sources(options):
+    """-> (train reader, val reader or None, class names, label map).
+
+    The training set is read with the training policy (boxes under 2 pixels dropped, empty
+    images skipped), the validation set with the evaluation one (every box the protocol counts),
+    both with `options.on_bad_example` (data/policy.py); each reader's report is printed.
+    """
     from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
 
     train_path, val_path = options.data, options.val_data
@@ -118,27 +120,66 @@ def _data_sources(options, config):
         _print(f"data: the embedded synthetic dataset at {train_path}")
         if val_path is None:
             val_path = train_path
-    label_map = options.label_map
-    train_reader = data_lib.open_reader(train_path, split=split if data_lib.detect_format(train_path) == "voc" else None,
-                                        label_map=label_map)
+    train_reader = data_lib.open_reader(
+        train_path, split=split if data_lib.detect_format(train_path) == "voc" else None,
+        label_map=options.label_map, on_bad_example=options.on_bad_example, purpose="train")
     label_map = train_reader.label_map
-    names = list(label_map.names)
-    if len(names) != config.num_classes:
-        raise ValueError(
-            f"the label map has {len(names) - 1} classes (+ background) but the model has "
-            f"num_classes={config.num_classes}: pass --num_classes {len(names)}")
+    if label_map is None:
+        raise ValueError(f"{train_path} has no label map: pass --label_map")
     val_reader = None
     if val_path is not None:
         val_reader = data_lib.open_reader(
-            val_path, split=val_split if data_lib.detect_format(val_path) == "voc" else None, label_map=label_map)
-    return train_reader, val_reader, names, label_map
+            val_path, split=val_split if data_lib.detect_format(val_path) == "voc" else None, label_map=label_map,
+            on_bad_example=options.on_bad_example, purpose="evaluate")
+    for name, reader in (("train", train_reader), ("val", val_reader)):
+        if reader is not None:
+            _print(f"data ({name}, {reader.policy.purpose} policy):\n  " + reader.report.format(max_issues=10).replace("\n", "\n  "))
+    return train_reader, val_reader, list(label_map.names), label_map
 
 
-def total_steps_of(options, num_train_images):
+def config_for_data(options, names):
+    """The preset with the command line's overrides; num_classes follows the label map unless
+    given, and must agree with it when given."""
+    overrides = dict(options.config_overrides)
+    given = overrides.get("num_classes")
+    if given is not None and given != len(names):
+        raise ValueError(
+            f"the label map has {len(names) - 1} classes (+ background) but --num_classes is {given}: "
+            f"leave --num_classes out (it follows the label map) or pass {len(names)}")
+    overrides["num_classes"] = len(names)
+    return get_preset(options.preset, **overrides)
+
+
+def resolve_recipe(options, config, num_train_images):
+    """-> (options with every recipe field set, the recipe, a line saying what was chosen).
+
+    Fields left None take the preset's recipe (`config.recipe_for`: the paper's schedule when
+    the backbone starts from weights, the demo's from scratch); the run's length is --steps,
+    else --epochs, else the recipe's epochs over this training set.
+    """
+    recipe = recipe_for(config)
+    chosen = {name: getattr(recipe, name) for name in (
+        "batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule", "lr_boundaries", "clip_grad_norm")
+        if getattr(options, name) is None}
+    resolved = dataclasses.replace(options, **chosen)
     if options.steps is not None:
-        return int(options.steps)
-    epochs = options.epochs if options.epochs is not None else 1.0
-    return max(int(math.ceil(epochs * num_train_images / options.batch_size)), 1)
+        steps, length = int(options.steps), f"{options.steps} steps (--steps)"
+    elif options.epochs is not None:
+        steps = max(math.ceil(options.epochs * num_train_images / resolved.batch_size), 1)
+        length = f"{options.epochs:g} epochs (--epochs) = {steps} steps"
+    else:
+        steps = recipe.steps_for(num_train_images, resolved.batch_size)
+        length = f"{recipe.epochs:g} epochs, at least {recipe.min_steps} steps = {steps} steps"
+    eval_every = options.eval_every
+    if eval_every is None:
+        eval_every = steps // recipe.evaluations if recipe.evaluations else 0
+    resolved = dataclasses.replace(resolved, steps=steps, eval_every=eval_every)
+    overridden = sorted(name for name in ("batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule",
+                                          "lr_boundaries", "clip_grad_norm", "steps", "epochs", "eval_every")
+                        if getattr(options, name) is not None)
+    line = (f"recipe: {recipe.describe()}; this run: {length} over {num_train_images} images, batch "
+            f"{resolved.batch_size}" + (f"; set by flags: {', '.join(overridden)}" if overridden else ""))
+    return resolved, recipe, line
 
 
 def _write_json(path, value):
@@ -168,9 +209,16 @@ def train(options, stream=None, extra_callbacks=()):
 
     stream = stream or sys.stdout
     start_time = time.time()
-    config = resolve_config(options)
+    get_preset(options.preset, **options.config_overrides)  # a bad --config fails before any data is read
+    train_reader, val_reader, class_names, label_map = _data_sources(options)
+    config = config_for_data(options, class_names)
     is_chief, worker_index = _worker_role() if options.strategy == "multi_worker" else (True, 0)
     model_dir = options.model_dir if is_chief else os.path.join(options.model_dir, f".worker{worker_index}")
+    num_train = len(train_reader)
+    if num_train == 0:
+        raise ValueError(f"no training images in {options.data or 'the synthetic dataset'}")
+    options, _, recipe_line = resolve_recipe(options, config, num_train)
+    _print(recipe_line)
     os.makedirs(model_dir, exist_ok=True)
     check_resume_compatible(model_dir, config, options)
 
@@ -187,11 +235,7 @@ def train(options, stream=None, extra_callbacks=()):
     if options.batch_size % replicas:
         raise ValueError(f"--batch_size {options.batch_size} must be a multiple of the {replicas} replicas")
 
-    train_reader, val_reader, class_names, label_map = _data_sources(options, config)
-    num_train = len(train_reader)
-    if num_train == 0:
-        raise ValueError(f"no training images in {options.data or 'the synthetic dataset'}")
-    total_steps = total_steps_of(options, num_train)
+    total_steps = options.steps
     lr = options.lr if options.lr is not None else default_lr(options.batch_size)
     boundaries = resolve_boundaries(options.lr_boundaries, total_steps)
     cache = options.cache if options.cache is not None else num_train <= 5000
@@ -359,21 +403,6 @@ def _draw_examples(images, targets, detections, config, class_names, limit):
         rgb = cb.draw_boxes(rgb, np.asarray(detections["detection_boxes"][i][:n])[keep], (0, 255, 0), labels)
         out.append(rgb.astype(np.float32) / 255.0)
     return out
-
-
-# Training recipes for flags left unset. The demo trains a small model from scratch on the
-# synthetic set within 15 minutes on a 2-core CPU: AdamW converges several times faster than
-# SGD from scratch, with a warm-up and gradient clipping against the early loss spikes of a
-# randomly initialized detector. The paper's recipe (fine-tuning ImageNet weights) is SGD with
-# lr 1e-3 at batch 32, x0.1 at 2/3 and 5/6 of the run.
-_DEMO_RECIPE = dict(batch_size=16, steps=1500, lr=3e-3, warmup_steps=100, lr_schedule="cosine",
-                    eval_every=750, optimizer="adamw", clip_grad_norm=10.0)
-_PAPER_RECIPE = dict(batch_size=32, steps=None, lr=None, warmup_steps=0, lr_schedule="multistep",
-                     lr_boundaries=(0.667, 0.833), eval_every=0, optimizer="sgd", clip_grad_norm=0.0)
-
-
-def recipe_defaults(demo):
-    return dict(_DEMO_RECIPE if demo else _PAPER_RECIPE)
 
 
 def print_summary(summary, stream=None):
