@@ -141,3 +141,26 @@ def test_calibration_data_follows_on_bad_example(one_pixel_set, tmp_path):
     # TFRecords and COCO JSON are read the same way (images only).
     assert len(calibration_images(one_pixel_set["tfrecord"], config)) == 3
     assert len(calibration_images(one_pixel_set["coco"], config)) == 3
+
+
+def test_every_command_sees_the_same_images_and_boxes_in_every_format(one_pixel_set, tmp_path):
+    """inspect and prepare (evaluation and training above) agree on the three forms of one set."""
+    from refinedet_tf.data import inspect
+
+    counts = {}
+    for form in ("voc", "coco", "tfrecord"):
+        out = tmp_path / form
+        assert inspect.run(["inspect", "--data", one_pixel_set[form], "--config", "image_size=64",
+                            "--output_dir", str(out)], stdout=io.StringIO(), stderr=io.StringIO()) == 0
+        result = json.loads((out / "inspect.json").read_text())
+        counts[form] = (result["num_images"], result["num_boxes"], result["per_class"],
+                        result["issue_counts"].get("tiny_box"), result["anchor_recall"]["recall"])
+    assert counts["voc"] == counts["coco"] == counts["tfrecord"] == (3, 7, {"cat": 4, "dog": 3}, 3,
+                                                                     counts["voc"][4])
+    for form in ("voc", "coco"):
+        err = io.StringIO()
+        output = str(tmp_path / f"prepared-{form}.tfrecord")
+        assert prepare.run(["prepare", "--input", one_pixel_set[form], "--output", output, "--noprogress"],
+                           stderr=err) == 0
+        report = json.loads(open(str(tmp_path / f"prepared-{form}.report.json")).read())
+        assert (report["images"], report["boxes"], report["per_class"]) == (3, 7, {"cat": 4, "dog": 3})

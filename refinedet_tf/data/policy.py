@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 ON_BAD_EXAMPLE = ("error", "skip")
 PURPOSES = ("train", "evaluate", "convert")
 MIN_TRAIN_BOX_PIXELS = 2.0  # in the original image, on the shorter side
@@ -87,3 +89,11 @@ class Policy:
 def reader_options(policy: Policy) -> dict:
     """The keyword options of the readers (`data.open_reader(**...)`) for a policy."""
     return dataclasses.asdict(policy)
+
+
+def box_sides_pixels(boxes_yxyx, height, width):
+    """Shorter side of each normalized box in pixels of its image: [N, 4] -> [N] (numpy), rounded
+    to 1e-6 so that a 1-pixel box stored as normalized float32 measures 1, not 0.9999999."""
+    boxes = np.asarray(boxes_yxyx, np.float64).reshape(-1, 4)
+    sides = np.minimum((boxes[:, 2] - boxes[:, 0]) * float(height), (boxes[:, 3] - boxes[:, 1]) * float(width))
+    return np.round(sides, 6)

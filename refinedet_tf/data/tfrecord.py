@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from refinedet_tf.data.example import METADATA_KEYS, BadExampleError, Report
 from refinedet_tf.data.label_map import LabelMap, load_label_map
-from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy
+from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy, box_sides_pixels
 
 REQUIRED_KEYS = ("image/encoded", "image/height", "image/width")
 _BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax"))
@@ -300,14 +300,6 @@ class TFRecordReader:
             metadata.append({key: meta[key] for key in METADATA_KEYS})
             report.count_example(meta["classes"], names)
         self._metadata, self._report = metadata, report
-
-
-def box_sides_pixels(boxes_yxyx, height, width):
-    """Shorter side of each normalized box in pixels of its image (numpy [N] or tf [N]), rounded
-    to 1e-6 so that a 1-pixel box stored as normalized float32 measures 1, not 0.9999."""
-    sides = np.minimum((boxes_yxyx[:, 2] - boxes_yxyx[:, 0]) * np.float64(height),
-                       (boxes_yxyx[:, 3] - boxes_yxyx[:, 1]) * np.float64(width))
-    return np.round(sides, 6)
 
 
 def apply_box_policy(example, policy: Policy):

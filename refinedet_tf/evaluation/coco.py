@@ -195,8 +195,31 @@ class COCOEvaluator:
                 "precision": np.array(p50),
                 "ap": {"AP": per_class[name], "AP50": float(np.mean(p50[p50 > -1]))},
             }
-        metrics.update(per_class=per_class, num_gt=num_gt, summary=summary)
+        metrics.update(per_class=per_class, num_gt=num_gt, summary=summary, by_size=self._by_size(coco_eval))
         return {"coco": metrics, "pr_curves": curves}
+
+    def _by_size(self, coco_eval):
+        """AP (IoU 0.5:0.95) and AP50 per COCO area range, with its non-crowd ground-truth count:
+        {"small" (< 32^2 px), "medium", "large" (>= 96^2): {"boxes", "AP", "AP50"}} (None where
+        the range has no box). pycocotools' own area semantics: boxes outside the range are
+        ignored, detections outside it are ignored unless they match a box inside."""
+        params = coco_eval.params
+        precision = coco_eval.eval["precision"][..., -1]  # [T, R, K, A]
+        out = {}
+        for a, label in enumerate(params.areaRngLbl):
+            if label == "all":
+                continue
+            low, high = params.areaRng[a]
+            boxes = 0
+            for record in self._images.values():
+                b = record["boxes"]
+                areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) if record["areas"] is None else record["areas"]
+                boxes += int(np.sum((areas >= low) & (areas < high) & ~record["is_crowd"]))
+            p = precision[:, :, :, a]
+            p50 = p[0]
+            out[label] = {"boxes": boxes, "AP": float(np.mean(p[p > -1])) if np.any(p > -1) else None,
+                          "AP50": float(np.mean(p50[p50 > -1])) if np.any(p50 > -1) else None}
+        return out
 
 
 def _defined(value):

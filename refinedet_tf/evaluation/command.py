@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.data.example import coco_xywh_to_normalized
+from refinedet_tf.evaluation.confusion import plot_confusion_matrix
 from refinedet_tf.evaluation.plots import plot_pr_curves
 from refinedet_tf.evaluation.report import format_ap_table
 from refinedet_tf.evaluation.results import (
@@ -164,6 +165,30 @@ def print_data_report(reader, stream, max_issues=10):
     print("  " + report.format(max_issues=max_issues).replace("\n", "\n  "), file=stream)
 
 
+def format_diagnostics(result):
+    """AP by object size and the most confused class pairs, as printed lines."""
+    lines = []
+    by_size = result.get("by_size") or {}
+    if by_size:
+        cells = [f"{label} ({v['boxes']} boxes) AP50 {'n/a' if v['AP50'] is None else format(v['AP50'], '.4f')}"
+                 f", AP {'n/a' if v['AP'] is None else format(v['AP'], '.4f')}" for label, v in by_size.items()]
+        lines.append("by object size (COCO areas: small < 32^2 px, large >= 96^2): " + "; ".join(cells))
+    confusion = result.get("confusion_matrix")
+    if confusion:
+        matrix, names = np.asarray(confusion["matrix"]), confusion["classes"]
+        pairs = [(matrix[t, p], names[t], names[p]) for t in range(1, len(names)) for p in range(1, len(names))
+                 if t != p and matrix[t, p]]
+        missed, false_alarms = int(matrix[1:, 0].sum()), int(matrix[0, 1:].sum())
+        correct = int(np.trace(matrix[1:, 1:]))
+        lines.append(f"confusion at score >= {confusion['score_threshold']:g}, IoU >= {confusion['iou_threshold']:g}: "
+                     f"{correct} right, {int(sum(p[0] for p in pairs))} with the wrong class, {missed} missed, "
+                     f"{false_alarms} false alarms on background")
+        if pairs:
+            lines.append("most confused (true -> predicted): " + ", ".join(
+                f"{t} -> {p} {n}" for n, t, p in sorted(pairs, reverse=True)[:5]))
+    return "\n".join(lines)
+
+
 def _ap_table_rows(result):
     return format_ap_table({k: v for k, v in result.items() if k != "pr_curves"})
 
@@ -196,7 +221,8 @@ def run(options, stream=None):
         evaluation, by_image, speed = _model_detections(options, reader, names, stream)
     result = evaluation.result()
     print(_ap_table_rows(result), file=stream)
-    metrics = {k: v for k, v in result.items() if k != "pr_curves"}
+    print(format_diagnostics(result), file=stream)
+    metrics = {k: v for k, v in result.items() if k not in ("pr_curves", "confusion_matrix")}
     if speed:
         metrics["speed"] = speed
         print(f"speed on {speed['device']} ({speed['mode']}): model {speed['model_images_per_second']:.1f} img/s, "
@@ -211,8 +237,11 @@ def run(options, stream=None):
             keyed = {(int(k) if is_coco else k): v for k, v in by_image.items()}
             write_coco_results(os.path.join(options.output_dir, "detections.json"), keyed,
                                category_ids=list(reader.label_map.dataset_ids))
+        with open(os.path.join(options.output_dir, "confusion_matrix.json"), "w", encoding="utf-8") as f:
+            json.dump(result["confusion_matrix"], f, indent=2)
+        plot_confusion_matrix(result["confusion_matrix"], os.path.join(options.output_dir, "confusion_matrix.png"))
         written = plot_pr_curves(result.get("pr_curves") or {}, os.path.join(options.output_dir, "pr_curves"))
-        print(f"wrote {options.output_dir}/metrics.json"
+        print(f"wrote {options.output_dir}/metrics.json, confusion_matrix.json/.png"
               + (", detections.json" if by_image is not None else "")
               + (f", {len(written)} PR curves" if written else ""), file=stream)
     headline = {m: summary_map(result, m) for m in options.metrics}

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.data.example import normalized_to_voc_pixels
+from refinedet_tf.evaluation.confusion import ConfusionMatrix
 from refinedet_tf.evaluation.coco import COCOEvaluator
 from refinedet_tf.evaluation.voc import VOCEvaluator
 
@@ -46,22 +47,27 @@ def _to_str(value):
 
 
 class DetectionEvaluation:
-    """Feeds batches of (targets, detections) to the VOC and/or COCO evaluators.
+    """Feeds batches of (targets, detections) to the VOC and/or COCO evaluators, and to the
+    diagnostics: a confusion matrix (confusion.py) and AP by object size (COCO's areas).
 
     Args:
       class_names: list, index = class id, 0 = background.
       metrics: subset of ("voc07", "voc12", "coco").
       category_ids: dataset ids per class id for COCO (label map `dataset_ids`), or None.
+      diagnostics: also compute `confusion_matrix` and `by_size` (the latter runs pycocotools
+        even when "coco" is not among the metrics).
     """
 
-    def __init__(self, class_names, metrics=("voc07",), category_ids=None):
+    def __init__(self, class_names, metrics=("voc07",), category_ids=None, diagnostics=True):
         unknown = sorted(set(metrics) - set(VOC_METRICS) - {"coco"})
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; known: voc07, voc12, coco")
         self.metrics = tuple(metrics)
         voc = tuple(m for m in metrics if m in VOC_METRICS)
         self.voc = VOCEvaluator(class_names, metrics=voc) if voc else None
-        self.coco = COCOEvaluator(class_names, category_ids=category_ids) if "coco" in metrics else None
+        wants_coco = "coco" in metrics or diagnostics
+        self.coco = COCOEvaluator(class_names, category_ids=category_ids) if wants_coco else None
+        self.confusion = ConfusionMatrix(class_names) if diagnostics else None
         self.num_images = 0
 
     def add_batch(self, targets, detections):
@@ -82,6 +88,9 @@ class DetectionEvaluation:
             if self.voc is not None:
                 self.voc.add_ground_truth(image_id, _voc_pixels(gt_norm, h, w), gt_classes, difficult)
                 self.voc.add_detections(image_id, _voc_pixels(det_norm, h, w), scores, det_classes)
+            if self.confusion is not None:
+                self.confusion.add(_voc_pixels(gt_norm, h, w), gt_classes, _voc_pixels(det_norm, h, w), scores,
+                                   det_classes, difficult)
             if self.coco is not None:
                 scale = np.array([h, w, h, w], np.float64)
                 crowd = t["is_crowd"][i][valid] if "is_crowd" in t else None
@@ -96,8 +105,13 @@ class DetectionEvaluation:
             out.update(self.voc.evaluate())
         if self.coco is not None:
             coco = self.coco.evaluate()
-            out["coco"] = coco["coco"]
-            out.setdefault("pr_curves", coco.get("pr_curves"))
+            if "coco" in self.metrics:
+                out["coco"] = coco["coco"]
+                out.setdefault("pr_curves", coco.get("pr_curves"))
+            if self.confusion is not None:
+                out["by_size"] = coco["coco"]["by_size"]
+        if self.confusion is not None:
+            out["confusion_matrix"] = self.confusion.to_dict()
         return out
 
 

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from refinedet_tf.evaluation.confusion import plot_confusion_matrix
+
 from refinedet_tf.training.trainer import LOSS_NAMES
 
 
@@ -260,6 +262,14 @@ class PeriodicEvaluation(keras.callbacks.Callback):
                         tf.summary.scalar(f"AP/{name}", ap)
                 if images is not None and len(images):
                     tf.summary.image("val/predicted_green_true_red", np.stack(images), max_outputs=len(images))
+                # The same diagnostics as evaluate.py: AP by object size, the confusion matrix.
+                for label, values in (result.get("by_size") or {}).items():
+                    if values["AP50"] is not None:
+                        tf.summary.scalar(f"AP50_by_size/{label}", values["AP50"])
+                if result.get("confusion_matrix"):
+                    picture = plot_confusion_matrix(result["confusion_matrix"])
+                    if picture is not None:
+                        tf.summary.image("val/confusion_matrix", picture[None].astype(np.float32) / 255.0)
             self.writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):

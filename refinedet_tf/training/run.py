@@ -18,6 +18,7 @@ import tensorflow as tf
 from refinedet_tf import checkpoints
 from refinedet_tf.anchors import generate_anchors
 from refinedet_tf.config import RefineDetConfig, get_preset, recipe_for
+from refinedet_tf.data.inspect import anchor_warning, check_anchors
 from refinedet_tf.training import callbacks as cb
 from refinedet_tf.training.precise_bn import recompute_batch_norm_statistics
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
@@ -28,6 +29,7 @@ from refinedet_tf.training.trainer import LOSS_NAMES, RefineDetTrainer
 STRUCTURAL_FIELDS = ("image_size", "backbone", "backbone_alpha", "num_classes", "tcb_channels",
                      "tcb_batch_norm", "anchor_strides", "anchor_sizes", "aspect_ratios")
 DEMO_PRESET = "mobilenetv2_lite_192"
+ANCHOR_CHECK_SAMPLE = 20_000  # boxes the start-of-run anchor check scores (COCO has 860k)
 PRECISE_BN_BATCHES = 20
 
 
@@ -219,6 +221,9 @@ def train(options, stream=None, extra_callbacks=()):
         raise ValueError(f"no training images in {options.data or 'the synthetic dataset'}")
     options, _, recipe_line = resolve_recipe(options, config, num_train)
     _print(recipe_line)
+    warning = anchor_warning(*check_anchors(config, train_reader.metadata, class_names, sample=ANCHOR_CHECK_SAMPLE))
+    if warning:
+        _print(warning)
     os.makedirs(model_dir, exist_ok=True)
     check_resume_compatible(model_dir, config, options)
 
