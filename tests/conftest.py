@@ -146,3 +146,24 @@ def synthetic_val_dir(tmp_path_factory):
 
     return generate_voc_dataset(str(tmp_path_factory.mktemp("synthetic") / "voc"), num_train=16, num_val=48,
                                 image_size=256, seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_demo_model(tiny_trained_model_dir, synthetic_val_dir, tmp_path_factory):
+    """The demo model in every deployment form, as export_saved_model.py writes them: 1/
+    (SavedModel), tflite/ (fp32, fp16, int8 calibrated on the 16 train images), onnx/; 500
+    detections per image, as the checkpoint's evaluation keeps."""
+    from refinedet_tf.checkpoints import load_model
+    from refinedet_tf.export import export_onnx, export_saved_model, export_tflite
+    from refinedet_tf.export.tflite import calibration_images
+
+    out = str(tmp_path_factory.mktemp("exported_demo"))
+    model, config = load_model(tiny_trained_model_dir)
+    post = dict(max_detections=500)
+    export_saved_model(model, config, out, **post)
+    calibration = calibration_images(synthetic_val_dir, config, 16, split="train")
+    for quantization in ("fp32", "fp16", "int8"):
+        export_tflite(model, config, os.path.join(out, "tflite"), quantization,
+                      representative_images=calibration if quantization == "int8" else None, **post)
+    export_onnx(model, config, os.path.join(out, "onnx"), **post)
+    return out

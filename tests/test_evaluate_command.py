@@ -22,16 +22,11 @@ def checkpoint_result(tiny_trained_model_dir, synthetic_val_dir, tmp_path_factor
     return metrics, out
 
 
-def test_checkpoint_and_its_saved_model_give_the_same_map(checkpoint_result, tiny_trained_model_dir,
-                                                          synthetic_val_dir, tmp_path):
+def test_checkpoint_and_its_saved_model_give_the_same_map(checkpoint_result, exported_demo_model,
+                                                          synthetic_val_dir):
     metrics, _ = checkpoint_result
     assert metrics["voc07"]["mAP"] > 0.1  # a trained model, so the comparison means something
-    export = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "export_saved_model.py"), "--checkpoint", tiny_trained_model_dir,
-         "--output_dir", str(tmp_path / "export"), "--max_detections", "500"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert export.returncode == 0, export.stderr[-3000:]
-    served = run(EvalOptions(data=synthetic_val_dir, saved_model=str(tmp_path / "export" / "1"), split="val",
+    served = run(EvalOptions(data=synthetic_val_dir, saved_model=os.path.join(exported_demo_model, "1"), split="val",
                              metrics=("voc07",)), stream=QUIET)
     assert abs(served["voc07"]["mAP"] - metrics["voc07"]["mAP"]) < 1e-3
     assert served["speed"]["images"] == metrics["speed"]["images"] == 48

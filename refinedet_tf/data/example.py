@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy
+from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy, box_sides_pixels
 
 KEYS = ("image", "image_id", "height", "width", "boxes", "classes", "difficult", "is_crowd")
 METADATA_KEYS = ("image_id", "height", "width", "boxes", "classes", "difficult", "is_crowd")
@@ -269,8 +269,7 @@ def finalize_boxes(path, raw_boxes, height, width, convention, policy, report):
             if not policy.clip_boxes:
                 raise BadExampleError(path, f"{where} (clip_boxes=False)")
             report.add(path, "clipped_box", where)
-        side = min((float(clipped[2]) - float(clipped[0])) * height, (float(clipped[3]) - float(clipped[1])) * width)
-        side = round(side, 6)  # normalized float32 round trip: a 1-pixel box stays 1, not 0.9999
+        side = float(box_sides_pixels(clipped, height, width)[0])
         if side < policy.min_box_pixels or (side <= 0 and not policy.keeps_degenerate_boxes):
             report.add(path, "small_box", f"{where} is {side:g} px on its shorter side")
             continue

@@ -182,24 +182,15 @@ def _define_flags(fv):
 
 def run(argv, stdout=None, stderr=None) -> int:
     """Runs the command with `argv` (argv[0] is the program name); returns the exit status."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
-
     from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
     from refinedet_tf.config import get_preset, parse_overrides  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.data.cli import parse_flags  # pylint: disable=import-outside-toplevel
 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    fv = flags.FlagValues()
-    _define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        stdout.write(__doc__ + "\nflags:\n" + fv.get_help() + "\n")
-        return 0
-    try:
-        fv(list(argv))
-        if not fv.data:
-            raise flags.Error("--data is required")
-    except flags.Error as e:
-        stderr.write(f"inspect: {e}\nusage: python -m refinedet_tf.data.inspect --data ... [--output_dir ...]\n")
-        return 2
+    fv, status = parse_flags(argv, _define_flags, __doc__, ("data",), "inspect",
+                             "python -m refinedet_tf.data.inspect --data ... [--output_dir ...]", stdout, stderr)
+    if fv is None:
+        return status
     try:
         fmt = data_lib.detect_format(fv.data)
         reader = data_lib.open_reader(fv.data, fmt, fv.split if fmt == "voc" else None, fv.label_map,

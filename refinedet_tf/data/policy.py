@@ -86,11 +86,6 @@ class Policy:
         return self.purpose != "train"
 
 
-def reader_options(policy: Policy) -> dict:
-    """The keyword options of the readers (`data.open_reader(**...)`) for a policy."""
-    return dataclasses.asdict(policy)
-
-
 def box_sides_pixels(boxes_yxyx, height, width):
     """Shorter side of each normalized box in pixels of its image: [N, 4] -> [N] (numpy), rounded
     to 1e-6 so that a 1-pixel box stored as normalized float32 measures 1, not 0.9999999."""

@@ -238,24 +238,14 @@ def _define_flags(fv):
 
 def run(argv, stdout=None, stderr=None) -> int:
     """Runs the command with `argv` (argv[0] is the program name); returns the exit status."""
-    from absl import flags
-
     from refinedet_tf.data import coco, voc
+    from refinedet_tf.data.cli import parse_flags
 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    fv = flags.FlagValues()  # our own, not absl's global FLAGS: `run` is callable in-process
-    _define_flags(fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        stdout.write(__doc__ + "\nflags:\n" + fv.get_help() + "\n")
-        return 0
-    try:
-        fv(list(argv))
-        for name in ("input", "output"):
-            if not fv[name].value:
-                raise flags.Error(f"--{name} is required")
-    except flags.Error as e:
-        stderr.write(f"prepare: {e}\nusage: python -m refinedet_tf.data.prepare --input ... --output ...\n")
-        return 2
+    fv, status = parse_flags(argv, _define_flags, __doc__, ("input", "output"), "prepare",
+                             "python -m refinedet_tf.data.prepare --input ... --output ...", stdout, stderr)
+    if fv is None:
+        return status
     fmt = fv.format or ("coco" if fv.input.endswith(".json") else "voc")
     # "convert": the shards keep every box the evaluation protocols count (1-pixel VOC boxes
     # too); training drops the small ones when it reads them (policy.py).

@@ -17,7 +17,7 @@ from refinedet_tf.evaluation.plots import plot_pr_curves
 from refinedet_tf.evaluation.report import format_ap_table
 from refinedet_tf.evaluation.results import (
     coco_results_to_detections, read_coco_results, write_coco_results)
-from refinedet_tf.evaluation.runner import DetectionEvaluation, summary_map
+from refinedet_tf.evaluation.runner import DetectionEvaluation, ground_truth_targets, summary_map
 
 
 @dataclasses.dataclass
@@ -45,13 +45,7 @@ def _device_name():
 def _ground_truth_batches(metadata):
     """Metadata entries -> per-image ground-truth records (no pixels needed)."""
     for meta in metadata:
-        boxes = np.asarray(meta["boxes"], np.float32).reshape(-1, 4)
-        yield {
-            "image_id": [meta["image_id"]], "height": [meta["height"]], "width": [meta["width"]],
-            "boxes": boxes[None], "classes": np.asarray(meta["classes"])[None],
-            "mask": np.ones((1, len(boxes)), bool), "difficult": np.asarray(meta["difficult"], bool)[None],
-            "is_crowd": np.asarray(meta["is_crowd"], bool)[None],
-        }
+        yield ground_truth_targets(meta)
 
 
 def _empty_detections():

@@ -42,6 +42,18 @@ def _voc_pixels(boxes_yxyx, height, width):
     return boxes
 
 
+def ground_truth_targets(meta):
+    """One image's ground truth (a reader's metadata entry) as a batch of one, in the eval
+    pipeline's target layout (`DetectionEvaluation.add_batch`)."""
+    boxes = np.asarray(meta["boxes"], np.float32).reshape(-1, 4)
+    return {
+        "image_id": [meta["image_id"]], "height": [meta["height"]], "width": [meta["width"]],
+        "boxes": boxes[None], "classes": np.asarray(meta["classes"])[None],
+        "mask": np.ones((1, len(boxes)), bool), "difficult": np.asarray(meta["difficult"], bool)[None],
+        "is_crowd": np.asarray(meta["is_crowd"], bool)[None],
+    }
+
+
 def _to_str(value):
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
