@@ -42,6 +42,9 @@ flags.DEFINE_list("lr_boundaries", None, "multistep boundaries: fractions of the
 flags.DEFINE_float("weight_decay", 5e-4, "decoupled weight decay on kernels (not biases/BN/L2Norm)")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (AdamW: beta_1)")
 flags.DEFINE_enum("optimizer", None, ["sgd", "adamw"], "sgd (the paper's) or adamw (the demo's); default: the recipe's")
+flags.DEFINE_float("ema_decay", None, "keep a moving average of the weights with this decay (e.g. 0.999; "
+                   "0: off; default: the recipe's): evaluation, best.weights.h5, final.weights.h5 and "
+                   "so every export use it, and each evaluation also reports the trained weights")
 flags.DEFINE_float("clip_grad_norm", None, "clip the global gradient norm (0: off)")
 flags.DEFINE_integer("grad_accum_steps", 1, "batches accumulated per update (Caffe's iter_size)")
 flags.DEFINE_string("backbone_weights", None, "none, imagenet, or a local weights file")
@@ -87,7 +90,7 @@ def options_from_flags():
         steps=FLAGS.steps, epochs=FLAGS.epochs, lr=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,
         lr_schedule=FLAGS.lr_schedule, lr_boundaries=None if boundaries is None else tuple(float(v) for v in boundaries),
         weight_decay=FLAGS.weight_decay, momentum=FLAGS.momentum, grad_accum_steps=FLAGS.grad_accum_steps,
-        clip_grad_norm=FLAGS.clip_grad_norm, optimizer=FLAGS.optimizer, freeze_backbone=FLAGS.freeze_backbone,
+        clip_grad_norm=FLAGS.clip_grad_norm, optimizer=FLAGS.optimizer, ema_decay=FLAGS.ema_decay, freeze_backbone=FLAGS.freeze_backbone,
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, strategy=FLAGS.strategy,
         seed=FLAGS.seed, deterministic=FLAGS.deterministic, eval_every=FLAGS.eval_every,
         checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,

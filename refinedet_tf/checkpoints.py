@@ -4,7 +4,9 @@ A trained model is a config plus weights:
   model_dir/config.json              the RefineDetConfig the run used (train.py writes it)
   model_dir/best.weights.h5          best validation mAP (Keras weights)
   model_dir/final.weights.h5         end of training
-  model_dir/checkpoints/ckpt-N.*     tf.train.Checkpoint (model + optimizer + step) for resuming
+  model_dir/checkpoints/ckpt-N.*     tf.train.Checkpoint (model + optimizer + step, and the weight
+                                     average with --ema_decay) for resuming; its model weights are
+                                     the trained ones, not the average the .weights.h5 files hold
 A standalone weights file `X.weights.h5` carries its config as `X.config.json` beside it (the
 PyTorch converter writes that pair).
 """

@@ -160,6 +160,7 @@ class TrainingRecipe:
     epochs: float
     min_steps: int
     evaluations: int  # validation passes spread over the run (0: at the end only)
+    ema_decay: float = 0.0  # moving average of the weights (training/ema.py); 0: off
 
     def steps_for(self, num_images: int, batch_size: int | None = None) -> int:
         batch = batch_size or self.batch_size
@@ -171,7 +172,8 @@ class TrainingRecipe:
                     if self.lr_schedule == "multistep" else self.lr_schedule)
         return (f"{self.name}: {self.optimizer} lr {lr}, batch {self.batch_size}, warm-up "
                 f"{self.warmup_steps} steps, {schedule}, clip {self.clip_grad_norm:g}, "
-                f"{self.epochs:g} epochs (at least {self.min_steps} steps)")
+                f"{self.epochs:g} epochs (at least {self.min_steps} steps)"
+                + (f", weight average decay {self.ema_decay:g}" if self.ema_decay else ""))
 
 
 # Fine-tuning an ImageNet backbone: the paper's recipe. VOC07+12 (16,551 images) trains 120k

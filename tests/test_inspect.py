@@ -1,6 +1,7 @@
 """`python -m refinedet_tf.data.inspect`: counts and anchor recall on a hand-made set, the
 suggestion, the PNGs, and train.py's one-line warning."""
 
+import dataclasses
 import io
 import json
 
@@ -75,9 +76,16 @@ def test_suggestion_finds_anchors_for_small_objects(tmp_path):
     warning = inspect.anchor_warning(fit, suggested, recall)
     assert warning.startswith(f"warning: only {fit.recall:.0%} of the 9 training boxes")
     assert "--config anchor_sizes=" + ",".join(f"{s:g}" for s in suggested) in warning
-    assert inspect.anchor_warning(*inspect.check_anchors(
-        get_preset("mobilenetv2_lite_192", **dict(CONFIG, anchor_sizes=suggested)), VocReader(voc).metadata,
-        ["background", "cat", "dog"])) is None
+    fitted = get_preset("mobilenetv2_lite_192", **dict(CONFIG, anchor_sizes=suggested))
+    assert inspect.anchor_warning(*inspect.check_anchors(fitted, VocReader(voc).metadata,
+                                                         ["background", "cat", "dog"])) is None
+    # train.py's check searches for other sizes only when the recall is low.
+    fit, suggested, recall = inspect.check_anchors(fitted, VocReader(voc).metadata, ["background", "cat", "dog"],
+                                                   only_when_low=True)
+    assert fit.recall > 0.9 and suggested is None and recall is None
+    # No better sizes to propose: the warning says so rather than proposing equal ones.
+    no_better = inspect.anchor_warning(dataclasses.replace(fit, recall=0.8), (20, 40, 80, 160), 0.8)
+    assert "no other anchor sizes" in no_better and "--config" not in no_better
 
 
 def test_inspect_names_a_bad_example(hand_made, tmp_path):

@@ -53,26 +53,35 @@ def _sample(boxes, limit, seed=0):
     return boxes[np.random.default_rng(seed).choice(len(boxes), limit, replace=False)]
 
 
-def check_anchors(config, metadata, class_names, sample=None):
+def check_anchors(config, metadata, class_names, sample=None, only_when_low=False):
     """-> (AnchorFit, suggested sizes, their recall). `sample` caps the boxes scored (None: all
-    for the recall; the suggestion always scores at most SUGGESTION_SAMPLE)."""
+    for the recall; the suggestion always scores at most SUGGESTION_SAMPLE). `only_when_low`
+    (train.py's start-of-run check) skips the search for better sizes, 14 candidate anchor sets,
+    when the recall is already LOW_RECALL or more: suggestion and its recall are then None."""
     boxes, classes = trainable_boxes(metadata)
     if sample is not None and len(boxes) > sample:
         index = np.random.default_rng(0).choice(len(boxes), sample, replace=False)
         boxes, classes = boxes[index], classes[index]
     fit = anchor_fit(config, boxes, classes, class_names)
+    if only_when_low and (fit.recall is None or fit.recall >= LOW_RECALL):
+        return fit, None, None
     suggested, recall = suggest_anchor_sizes(config, _sample(boxes, SUGGESTION_SAMPLE))
     return fit, suggested, recall
 
 
 def anchor_warning(fit, suggested, suggested_recall):
-    """The one line train.py prints when the anchors fit badly, else None."""
+    """The one line train.py prints when the anchors fit badly, else None. It proposes other
+    sizes only when they match more boxes (by at least one point of recall)."""
     if fit.recall is None or fit.recall >= LOW_RECALL:
         return None
-    sizes = ",".join(f"{s:g}" for s in suggested)
-    return (f"warning: only {fit.recall:.0%} of the {fit.num_boxes} training boxes overlap an anchor by "
-            f"IoU >= {fit.match_iou:g}; --config anchor_sizes={sizes} gives {suggested_recall:.0%} "
-            "(python -m refinedet_tf.data.inspect shows the details)")
+    line = (f"warning: only {fit.recall:.0%} of the {fit.num_boxes} training boxes overlap an anchor by "
+            f"IoU >= {fit.match_iou:g}; ")
+    if suggested_recall is not None and suggested_recall >= fit.recall + 0.01:
+        sizes = ",".join(f"{s:g}" for s in suggested)
+        line += f"--config anchor_sizes={sizes} gives {suggested_recall:.0%} "
+    else:
+        line += "no other anchor sizes at this preset's strides and ratios match more "
+    return line + "(python -m refinedet_tf.data.inspect shows the details)"
 
 
 def inspect_dataset(reader, config):

@@ -5,6 +5,7 @@ All of them count steps with the optimizer's `iterations` (restored with the che
 resumed run continues its step numbers, schedules and logs where the killed run stopped.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -211,11 +212,16 @@ def draw_boxes(image_rgb, boxes_yxyx, colour, labels=None):
 class PeriodicEvaluation(keras.callbacks.Callback):
     """Every `every` steps and at the end: VOC07 mAP (through `evaluation.runner`), TensorBoard
     mAP / per-class AP / a few validation images with predicted (green) and true (red) boxes,
-    and `best.weights.h5` replaced atomically whenever the mAP improves (seed 003)."""
+    and `best.weights.h5` replaced atomically whenever the mAP improves (seed 003). With an
+    `average` (--ema_decay) the averaged weights are evaluated and kept."""
 
     def __init__(self, every, evaluate_fn, model_dir, detector, state, metric="voc07", log_dir=None,
-                 stream=None):
+                 stream=None, average=None):
         super().__init__()
+        # ema.WeightAverage or None. With one, the averaged weights are what is evaluated, kept
+        # as best and reported; the trained weights are evaluated too, as `<metric>_raw`, so
+        # every run with EMA measures what the average gains on the user's data.
+        self.average = average
         self.every = int(every)
         self.evaluate_fn = evaluate_fn
         self.model_dir = model_dir
@@ -237,26 +243,39 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         if self.state.poisoned or step == self.last_step:
             return
         self.last_step = step
-        result, speed, images = self.evaluate_fn()
         metric = self.metric
-        value = result.get(metric, {}).get("mAP")
+        raw = None
+        if self.average is not None:
+            raw = self.evaluate_fn()[0].get(metric, {}).get("mAP")
+        # The best weights are saved inside the swap: the averaged weights with their BatchNorm
+        # statistics (evaluate_fn recomputes them), never the trained weights.
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            result, speed, images = self.evaluate_fn()
+            value = result.get(metric, {}).get("mAP")
+            improved = value is not None and (self.best is None or value > self.best[metric])
+            if improved:
+                self.best = {"step": step, metric: value}
+                save_weights_atomically(self.detector, os.path.join(self.model_dir, "best.weights.h5"))
+                with open(os.path.join(self.model_dir, "best.json"), "w", encoding="utf-8") as f:
+                    json.dump(self.best, f)
         record = {"step": step, metric: value, "per_class": result.get(metric, {}).get("per_class"),
                   "images": speed["images"], "seconds": round(speed["seconds"], 2)}
+        if self.average is not None:
+            record[f"{metric}_raw"] = raw
         self.history.append(record)
-        improved = value is not None and (self.best is None or value > self.best[metric])
-        if improved:
-            self.best = {"step": step, metric: value}
-            save_weights_atomically(self.detector, os.path.join(self.model_dir, "best.weights.h5"))
-            with open(os.path.join(self.model_dir, "best.json"), "w", encoding="utf-8") as f:
-                json.dump(self.best, f)
         shown = "n/a" if value is None else f"{value:.4f}"
-        print(f"eval step {step}: {metric} mAP {shown} on {speed['images']} images "
+        compared = ""
+        if self.average is not None:
+            compared = f" with the averaged weights (trained weights: {'n/a' if raw is None else f'{raw:.4f}'})"
+        print(f"eval step {step}: {metric} mAP {shown}{compared} on {speed['images']} images "
               f"({speed['images'] / max(speed['seconds'], 1e-9):.1f} img/s)"
               f"{' (best so far, saved best.weights.h5)' if improved else ''}", file=self.stream, flush=True)
         if self.writer is not None:
             with self.writer.as_default(step=step):
                 if value is not None:
                     tf.summary.scalar(f"mAP/{metric}", value)
+                if raw is not None:
+                    tf.summary.scalar(f"mAP/{metric}_trained_weights", raw)
                 for name, ap in (record["per_class"] or {}).items():
                     if ap is not None:
                         tf.summary.scalar(f"AP/{name}", ap)

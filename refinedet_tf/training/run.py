@@ -20,6 +20,7 @@ from refinedet_tf.anchors import generate_anchors
 from refinedet_tf.config import RefineDetConfig, get_preset, recipe_for
 from refinedet_tf.data.inspect import anchor_warning, check_anchors
 from refinedet_tf.training import callbacks as cb
+from refinedet_tf.training.ema import UpdateWeightAverage, WeightAverage
 from refinedet_tf.training.precise_bn import recompute_batch_norm_statistics
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
 from refinedet_tf.training.strategy import make_strategy, synchronize_batch_norm
@@ -59,6 +60,7 @@ class TrainOptions:
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = None
     optimizer: str | None = None
+    ema_decay: float | None = None  # moving average of the weights (training/ema.py); 0: off
     freeze_backbone: bool = False
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -161,8 +163,8 @@ def resolve_recipe(options, config, num_train_images):
     """
     recipe = recipe_for(config)
     chosen = {name: getattr(recipe, name) for name in (
-        "batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule", "lr_boundaries", "clip_grad_norm")
-        if getattr(options, name) is None}
+        "batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule", "lr_boundaries", "clip_grad_norm",
+        "ema_decay") if getattr(options, name) is None}
     resolved = dataclasses.replace(options, **chosen)
     if options.steps is not None:
         steps, length = int(options.steps), f"{options.steps} steps (--steps)"
@@ -177,7 +179,8 @@ def resolve_recipe(options, config, num_train_images):
         eval_every = steps // recipe.evaluations if recipe.evaluations else 0
     resolved = dataclasses.replace(resolved, steps=steps, eval_every=eval_every)
     overridden = sorted(name for name in ("batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule",
-                                          "lr_boundaries", "clip_grad_norm", "steps", "epochs", "eval_every")
+                                          "lr_boundaries", "clip_grad_norm", "steps", "epochs", "eval_every",
+                                          "ema_decay")
                         if getattr(options, name) is not None)
     line = (f"recipe: {recipe.describe()}; this run: {length} over {num_train_images} images, batch "
             f"{resolved.batch_size}" + (f"; set by flags: {', '.join(overridden)}" if overridden else ""))
@@ -221,7 +224,8 @@ def train(options, stream=None, extra_callbacks=()):
         raise ValueError(f"no training images in {options.data or 'the synthetic dataset'}")
     options, _, recipe_line = resolve_recipe(options, config, num_train)
     _print(recipe_line)
-    warning = anchor_warning(*check_anchors(config, train_reader.metadata, class_names, sample=ANCHOR_CHECK_SAMPLE))
+    warning = anchor_warning(*check_anchors(config, train_reader.metadata, class_names,
+                                                sample=ANCHOR_CHECK_SAMPLE, only_when_low=True))
     if warning:
         _print(warning)
     os.makedirs(model_dir, exist_ok=True)
@@ -267,11 +271,15 @@ def train(options, stream=None, extra_callbacks=()):
                                    options.clip_grad_norm, options.optimizer)
         trainer.compile(optimizer=optimizer, jit_compile=options.jit_compile)
         optimizer.build(trainer.trainable_variables)
-        checkpoint = tf.train.Checkpoint(model=detector, optimizer=optimizer)
+        average = WeightAverage(detector, options.ema_decay) if options.ema_decay else None
+        checkpoint = tf.train.Checkpoint(model=detector, optimizer=optimizer,
+                                         **(average.checkpoint_items() if average else {}))
         manager = tf.train.CheckpointManager(
             checkpoint, os.path.join(model_dir, checkpoints.CHECKPOINT_DIR), max_to_keep=options.keep_checkpoints)
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if average is not None and int(average.num_updates.numpy()) == 0:
+            average.reset()  # from the restored weights when a run started without EMA resumes with it
     start_step = int(optimizer.iterations.numpy())
     if start_step:
         _print(f"resuming {model_dir} from {manager.latest_checkpoint} at step {start_step}")
@@ -299,9 +307,16 @@ def train(options, stream=None, extra_callbacks=()):
     log_dir = os.path.join(model_dir, "logs")
     saver = cb.CheckpointSaver(manager, options.checkpoint_every, state)
     progress = cb.ProgressLogger(total_steps, options.batch_size, options.log_every, stream)
-    callbacks = [cb.NaNGuard(state), saver, cb.Preemption(saver, state), progress,
+    # The average is updated before the saver runs: checkpoint N holds the average of step N.
+    averaging = [UpdateWeightAverage(average, state, options.grad_accum_steps)] if average else []
+    callbacks = [cb.NaNGuard(state), *averaging, saver, cb.Preemption(saver, state), progress,
                  cb.TensorBoardScalars(log_dir, options.log_every),
                  cb.StepLog(os.path.join(model_dir, "steps.jsonl")), *extra_callbacks]
+    # Un-augmented training images for precise BatchNorm statistics (before each evaluation, and
+    # for the averaged weights before they are saved).
+    bn_images = make_dataset(train_reader.as_dataset().take(PRECISE_BN_BATCHES * options.batch_size),
+                             config, options.batch_size, training=False, max_boxes=options.max_boxes,
+                             truncate_boxes=True).map(lambda images, targets: images).cache()
     evaluation = None
     if val_reader is not None and len(val_reader) and is_chief:
         anchors = generate_anchors(config)
@@ -312,11 +327,6 @@ def train(options, stream=None, extra_callbacks=()):
         val_examples = val_examples.cache()
         val_data = make_dataset(val_examples, config, max(options.batch_size // replicas, 1), training=False,
                                 max_boxes=options.max_boxes, truncate_boxes=True)
-
-        # Un-augmented training images for precise BatchNorm statistics before each evaluation.
-        bn_images = make_dataset(train_reader.as_dataset().take(PRECISE_BN_BATCHES * options.batch_size),
-                                 config, options.batch_size, training=False, max_boxes=options.max_boxes,
-                                 truncate_boxes=True).map(lambda images, targets: images).cache()
 
         def evaluate_fn():
             recompute_batch_norm_statistics(detector, bn_images, PRECISE_BN_BATCHES)
@@ -331,7 +341,7 @@ def train(options, stream=None, extra_callbacks=()):
             return result, speed, drawn
 
         evaluation = cb.PeriodicEvaluation(options.eval_every, evaluate_fn, model_dir, detector, state,
-                                           log_dir=log_dir, stream=stream)
+                                           log_dir=log_dir, stream=stream, average=average)
         callbacks.append(evaluation)
 
     remaining = total_steps - start_step
@@ -359,12 +369,17 @@ def train(options, stream=None, extra_callbacks=()):
         _print(state.message)
         raise FloatingPointError(state.message)
     finished = int(optimizer.iterations.numpy()) >= total_steps
-    if finished:
+    if finished and average is not None:
+        with average.swapped_in():
+            recompute_batch_norm_statistics(detector, bn_images, PRECISE_BN_BATCHES)
+            cb.save_weights_atomically(detector, os.path.join(model_dir, checkpoints.FINAL_WEIGHTS))
+    elif finished:
         cb.save_weights_atomically(detector, os.path.join(model_dir, checkpoints.FINAL_WEIGHTS))
     summary = {
         "preset": config.name, "model_dir": os.path.abspath(model_dir),
         "steps": int(optimizer.iterations.numpy()), "total_steps": total_steps, "finished": finished,
         "preempted": state.preempted, "global_batch_size": options.batch_size, "replicas": replicas,
+        "ema_decay": options.ema_decay or None,
         "final_losses": {k: progress.smoothed.get(k) for k in LOSS_NAMES},
         "images_per_second": progress.history[-1]["images_per_second"] if progress.history else None,
         "wall_seconds": round(time.time() - start_time, 1),
@@ -421,8 +436,11 @@ def print_summary(summary, stream=None):
         ("wall time", f"{summary['wall_seconds']:.0f} s"),
     ]
     for record in summary["evaluations"]:
-        value = record.get("voc07")
-        rows.append((f"VOC07 mAP @ step {record['step']}", "n/a" if value is None else f"{value:.4f}"))
+        value, raw = record.get("voc07"), record.get("voc07_raw")
+        shown = "n/a" if value is None else f"{value:.4f}"
+        if "voc07_raw" in record:
+            shown += f" averaged weights, {'n/a' if raw is None else f'{raw:.4f}'} trained weights"
+        rows.append((f"VOC07 mAP @ step {record['step']}", shown))
     if summary["best"]:
         rows.append(("best", f"{summary['best']['voc07']:.4f} at step {summary['best']['step']}"))
     model_dir = summary["model_dir"]
