@@ -12,7 +12,7 @@ from conftest import make_voc, textured, write_image
 
 from refinedet_tf.data import prepare, tfrecord
 from refinedet_tf.data.coco import CocoReader
-from refinedet_tf.data.example import BadExampleError
+from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.data.voc import VocReader
 
 BOX = ("cat", 5, 5, 20, 15)  # inside a 40 x 30 (W x H) image

@@ -6,7 +6,9 @@ import tensorflow as tf
 from conftest import TINY_EXPECTED, TINY_SIZES
 
 from refinedet_tf import data
+from refinedet_tf.data import box_conventions
 from refinedet_tf.data import example as ex
+from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.data.voc import VocReader
 
 
@@ -55,13 +57,13 @@ def test_read_dataset_detects_voc_and_matches_python_reader(tiny_voc):
 
 
 def test_unknown_split_lists_the_available_ones(tiny_voc):
-    with pytest.raises(ex.BadExampleError, match=r"split file not found; splits in this folder: \['train', 'val"):
+    with pytest.raises(BadExampleError, match=r"split file not found; splits in this folder: \['train', 'val"):
         VocReader(tiny_voc, split="test")
 
 
 def test_missing_label_map_is_an_error(tiny_voc):
     os.remove(os.path.join(tiny_voc, "labelmap.txt"))
-    with pytest.raises(ex.BadExampleError, match="no label map given"):
+    with pytest.raises(BadExampleError, match="no label map given"):
         VocReader(tiny_voc)
     reader = VocReader(tiny_voc, label_map=data.LabelMap.from_names(["dog", "cat"]))
     assert _by_id(reader)["b"]["classes"].tolist() == [1]
@@ -71,20 +73,20 @@ def test_voc_converters_invert_each_other():
     rng = np.random.default_rng(0)
     corners = np.sort(rng.integers(1, 300, (50, 2, 2)), axis=1).astype(np.float64)  # [N, min/max, y/x]
     pixels = corners.reshape(50, 4)  # ymin, xmin, ymax, xmax
-    normalized = ex.voc_pixels_to_normalized(pixels, 400, 300)
+    normalized = box_conventions.voc_pixels_to_normalized(pixels, 400, 300)
     assert normalized.dtype == np.float32
-    np.testing.assert_allclose(ex.normalized_to_voc_pixels(normalized, 400, 300), pixels, atol=1e-3)
+    np.testing.assert_allclose(box_conventions.normalized_to_voc_pixels(normalized, 400, 300), pixels, atol=1e-3)
     # Whole image, VOC style: [1, 1, H, W] <-> [0, 0, 1, 1].
-    np.testing.assert_array_equal(ex.voc_pixels_to_normalized([1, 1, 400, 300], 400, 300), [0, 0, 1, 1])
-    np.testing.assert_array_equal(ex.normalized_to_voc_pixels([0, 0, 1, 1], 400, 300), [1, 1, 400, 300])
+    np.testing.assert_array_equal(box_conventions.voc_pixels_to_normalized([1, 1, 400, 300], 400, 300), [0, 0, 1, 1])
+    np.testing.assert_array_equal(box_conventions.normalized_to_voc_pixels([0, 0, 1, 1], 400, 300), [1, 1, 400, 300])
 
 
 def test_coco_converters_invert_each_other():
     xywh = np.array([[10.5, 20.0, 30.0, 40.25], [0, 0, 640, 480]])
-    yxyx = ex.coco_xywh_to_normalized(xywh, 480, 640)
+    yxyx = box_conventions.coco_xywh_to_normalized(xywh, 480, 640)
     np.testing.assert_allclose(yxyx[1], [0, 0, 1, 1])
     np.testing.assert_allclose(yxyx[0], [20 / 480, 10.5 / 640, 60.25 / 480, 40.5 / 640], rtol=1e-6)
-    np.testing.assert_allclose(ex.normalized_to_coco_xywh(yxyx, 480, 640), xywh, atol=1e-4)
+    np.testing.assert_allclose(box_conventions.normalized_to_coco_xywh(yxyx, 480, 640), xywh, atol=1e-4)
 
 
 def test_check_example_says_what_is_off(tiny_voc):

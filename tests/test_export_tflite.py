@@ -159,7 +159,7 @@ def test_calibration_images_from_a_voc_folder_and_an_image_folder(small, tmp_pat
 def _detection_pixels(boxes_yxyx, height, width):
     """Normalized detections -> VOC pixel boxes, clipped to the image; a box under one pixel
     keeps min <= max (the VOC +1 convention would otherwise invert it)."""
-    from refinedet_tf.data.example import normalized_to_voc_pixels
+    from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
 
     pixels = normalized_to_voc_pixels(np.clip(boxes_yxyx, 0.0, 1.0), height, width)
     pixels[:, 2:] = np.maximum(pixels[:, 2:], pixels[:, :2])
@@ -175,7 +175,7 @@ def test_int8_keeps_95_percent_of_fp32_map(request, tmp_path):
     except pytest.FixtureLookupError:
         pytest.skip("needs the tiny_trained_model_dir and synthetic_val_dir fixtures (conftest.py)")
     from refinedet_tf.data import open_reader
-    from refinedet_tf.data.example import normalized_to_voc_pixels
+    from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
     from refinedet_tf.evaluation import VOCEvaluator
 
     model, config = load_model(model_dir)

@@ -12,7 +12,7 @@ from conftest import coco_json_from_voc_items, make_voc, textured
 from test_evaluation_voc import _voc_eval_reference
 
 from refinedet_tf.data import prepare
-from refinedet_tf.data.example import BadExampleError
+from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.evaluation.command import EvalOptions, run
 
 SIZES = {"p": (40, 60), "q": (50, 50), "r": (30, 80)}  # (height, width)

@@ -4,7 +4,8 @@
     ds = data.read_dataset("VOCdevkit/VOC2007", split="test", label_map="data/voc_labelmap.txt")
     reader = data.open_reader("out/train-*.tfrecord")   # .metadata: ground truth, no pixels
 
-See `example.py` for the contract (keys, dtypes, box conventions) and the bad-input policy,
+See `example.py` for the contract (keys, dtypes), `box_conventions.py` for the pixel
+conventions, `policy.py` and `report.py` for bad input,
 `prepare.py` for the TFRecord conversion command, `synthetic.py` for the built-in demo set.
 """
 
@@ -13,9 +14,10 @@ from __future__ import annotations
 import glob
 import os
 
-from refinedet_tf.data.example import (
-    KEYS, BadExampleError, Report, coco_xywh_to_normalized, normalized_to_coco_xywh,
-    normalized_to_voc_pixels, voc_pixels_to_normalized)
+from refinedet_tf.data.box_conventions import (
+    coco_xywh_to_normalized, normalized_to_coco_xywh, normalized_to_voc_pixels, voc_pixels_to_normalized)
+from refinedet_tf.data.example import KEYS
+from refinedet_tf.data.report import BadExampleError, Report
 from refinedet_tf.data.label_map import LabelMap, load_label_map
 from refinedet_tf.data.policy import Policy
 

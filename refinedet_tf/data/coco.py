@@ -1,7 +1,7 @@
 """COCO instances JSON (`images`, `annotations`, `categories`).
 
 Boxes are `bbox: [x, y, w, h]` in continuous pixels; they become normalized yxyx through
-`example.coco_xywh_to_normalized` (x / W, (x + w) / W). `iscrowd` is kept as `is_crowd`;
+`box_conventions.coco_xywh_to_normalized` (x / W, (x + w) / W). `iscrowd` is kept as `is_crowd`;
 `difficult` is always False. Category ids map to contiguous ids through the label map's
 `dataset_ids` (by default the JSON's own categories in id order, so COCO's 80 categories with
 ids 1..90 become 1..80). Examples come in the order of the JSON's `images` list; `image_id` is
@@ -18,13 +18,14 @@ import collections
 import json
 import os
 
-from refinedet_tf.data.example import BadExampleError, ExampleReader, RawBox
+from refinedet_tf.data.reader import ExampleReader, RawBox
+from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.data.policy import Policy
 from refinedet_tf.data.label_map import LabelMap, load_label_map
 
 
 class CocoReader(ExampleReader):
-    """Reads a COCO instances JSON into examples (see `example.ExampleReader`).
+    """Reads a COCO instances JSON into examples (see `reader.ExampleReader`).
 
     Args:
       annotation_file: the JSON file.

@@ -27,7 +27,7 @@ import struct
 
 import numpy as np
 
-from refinedet_tf.data.example import BadExampleError
+from refinedet_tf.data.report import BadExampleError
 
 _EXTENSIONS = {"jpeg": (".jpg", ".jpeg", ".jpe", ".jfif"), "png": (".png",), "gif": (".gif",),
                "bmp": (".bmp", ".dib")}

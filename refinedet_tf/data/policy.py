@@ -1,7 +1,7 @@
 """What every command does with bad input and annotation quirks: one policy, by purpose.
 
 train.py, evaluate.py, export_saved_model.py (calibration images), prepare and inspect all build
-their readers with a `Policy`; the readers apply it (`example.finalize_boxes`, the TFRecord
+their readers with a `Policy`; the readers apply it (`reader.finalize_boxes`, the TFRecord
 reader's in-graph filter) and list what they did in their `Report`.
 
 Two kinds of problem:

@@ -34,7 +34,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from refinedet_tf.data.example import METADATA_KEYS, BadExampleError, Report
+from refinedet_tf.data.example import METADATA_KEYS
+from refinedet_tf.data.report import BadExampleError, Report
 from refinedet_tf.data.label_map import LabelMap, load_label_map
 from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy, box_sides_pixels
 

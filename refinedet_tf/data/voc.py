@@ -1,7 +1,7 @@
 """Pascal VOC folders: `Annotations/<id>.xml`, `JPEGImages/`, `ImageSets/Main/<split>.txt`.
 
 Boxes in the XML are 1-based inclusive pixel indices; they become normalized yxyx through
-`example.voc_pixels_to_normalized` ((xmin - 1) / W, xmax / W). The `difficult` flag is kept;
+`box_conventions.voc_pixels_to_normalized` ((xmin - 1) / W, xmax / W). The `difficult` flag is kept;
 `is_crowd` is always False. Class names go through the label map: an unknown name is a bad
 example naming the class and the file.
 
@@ -17,7 +17,8 @@ import glob
 import os
 import xml.etree.ElementTree as ET
 
-from refinedet_tf.data.example import BadExampleError, ExampleReader, RawBox
+from refinedet_tf.data.reader import ExampleReader, RawBox
+from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.data.policy import Policy
 from refinedet_tf.data.label_map import LabelMap, default_label_map_path, load_label_map
 
@@ -46,7 +47,7 @@ def read_split(root: str, split: str) -> list[str]:
 
 
 class VocReader(ExampleReader):
-    """Reads a VOC folder into examples (see `example.ExampleReader` for the attributes).
+    """Reads a VOC folder into examples (see `reader.ExampleReader` for the attributes).
 
     Args:
       root: the folder holding `Annotations/` and `JPEGImages/`.

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from refinedet_tf.data.example import coco_xywh_to_normalized
+from refinedet_tf.data.box_conventions import coco_xywh_to_normalized
 from refinedet_tf.evaluation.confusion import plot_confusion_matrix
 from refinedet_tf.evaluation.plots import plot_pr_curves
 from refinedet_tf.evaluation.report import format_ap_table
