@@ -55,20 +55,9 @@ def define_flags():
 
 
 
-def find_label_map(checkpoint, label_map_path):
-    """The LabelMap of --label_map, else one stored beside the checkpoint, else None."""
-    from refinedet_tf.data.label_map import default_label_map_path, load_label_map
-
-    if label_map_path:
-        return load_label_map(label_map_path)
-    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
-    found = default_label_map_path(folder or ".")
-    return load_label_map(found) if found else None
-
-
 def export(argv_flags):
     """Runs the export described by the parsed flags; returns the written paths."""
-    from refinedet_tf.checkpoints import load_model
+    from refinedet_tf.checkpoints import label_map_for_checkpoint, load_model
     from refinedet_tf.export import export_onnx, export_saved_model, export_tflite
     from refinedet_tf.export.tflite import QUANTIZATIONS, calibration_images
 
@@ -81,7 +70,7 @@ def export(argv_flags):
     if f.max_detections < 1:
         raise app.UsageError(f"--max_detections must be >= 1, got {f.max_detections}")
     model, config = load_model(f.checkpoint, f.preset)
-    label_map = find_label_map(f.checkpoint, f.label_map)
+    label_map = label_map_for_checkpoint(f.checkpoint, f.label_map)
     post = dict(max_detections=f.max_detections, score_threshold=f.score_threshold,
                 iou_threshold=f.iou_threshold, label_map=label_map)
     written = [export_saved_model(model, config, f.output_dir, version=f.version,

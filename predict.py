@@ -45,11 +45,10 @@ def define_flags():
     flags.DEFINE_integer("num_threads", 2, "TFLite interpreter threads")
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
 def list_images(specs):
     """Files, folders (their images, sorted) and globs -> image paths in order, no repeats."""
+    from refinedet_tf.data.image_io import IMAGE_EXTENSIONS  # after the TF log level is set
+
     paths = []
     for spec in specs:
         if os.path.isdir(spec):
@@ -101,14 +100,11 @@ def make_predictor(checkpoint=None, saved_model=None, tflite=None, preset=None,
         from refinedet_tf.data.label_map import load_label_map
         label_map = load_label_map(label_map_path)
     if checkpoint:
-        from refinedet_tf.checkpoints import load_model
-        from refinedet_tf.data.label_map import default_label_map_path, load_label_map
+        from refinedet_tf.checkpoints import label_map_for_checkpoint, load_model
         from refinedet_tf.export.saved_model import DetectionModule, class_names, export_config, label_ids_table
 
         model, config = load_model(checkpoint, preset)
-        if label_map is None:
-            found = default_label_map_path(checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint) or ".")
-            label_map = load_label_map(found) if found else None
+        label_map = label_map or label_map_for_checkpoint(checkpoint)
         module = DetectionModule(model, export_config(config, max_detections), label_map)
         run = lambda image: {k: v.numpy() for k, v in module.serving_default(tf.constant(image[None])).items()}
         return Predictor("checkpoint", run, class_names(config, label_map), label_ids_table(config, label_map))
@@ -153,35 +149,13 @@ def detections_json(path, image, detections, predictor):
 
 
 def draw(image, record):
-    """A BGR copy of `image` (RGB) with each detection's box, name and score."""
-    import cv2
-    import numpy as np
+    """A BGR copy of `image` (RGB) with each detection's box, name and score (for cv2.imwrite)."""
+    from refinedet_tf.drawing import class_colour, draw_boxes
 
-    canvas = np.ascontiguousarray(image[:, :, ::-1])
-    h, w = canvas.shape[:2]
-    thickness = max(1, round(min(h, w) / 300))
-    for det in record["detections"]:
-        x0, y0, x1, y1 = (int(round(v)) for v in det["box_xyxy_pixels"])
-        x0, x1 = max(0, min(x0, w - 1)), max(0, min(x1, w - 1))
-        y0, y1 = max(0, min(y0, h - 1)), max(0, min(y1, h - 1))
-        colour = _colour(det["class_id"])
-        cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, thickness)
-        label = f"{det['class_name']} {det['score']:.2f}"
-        scale = 0.4 * thickness
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        ty = y0 - 2 if y0 - th - base - 2 >= 0 else min(y0 + th + 2, h - 1)
-        cv2.rectangle(canvas, (x0, ty - th - 2), (x0 + tw + 2, ty + base), colour, -1)
-        cv2.putText(canvas, label, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    return canvas
-
-
-def _colour(class_id):
-    """A distinct, stable BGR colour per class."""
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((int(class_id) * 0.618033988749895) % 1.0, 0.85, 0.9)
-    return int(b * 255), int(g * 255), int(r * 255)
+    detections = record["detections"]
+    drawn = draw_boxes(image, [d["box_yxyx"] for d in detections], [class_colour(d["class_id"]) for d in detections],
+                       [f"{d['class_name']} {d['score']:.2f}" for d in detections])
+    return drawn[:, :, ::-1]
 
 
 def coco_image_id(path):

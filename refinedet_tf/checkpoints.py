@@ -16,7 +16,8 @@ import os
 
 import tensorflow as tf
 
-from refinedet_tf.config import RefineDetConfig, get_preset
+from refinedet_tf.config import STRUCTURAL_FIELDS, RefineDetConfig, get_preset
+from refinedet_tf.data.label_map import default_label_map_path, load_label_map
 
 CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "best.weights.h5"
@@ -71,10 +72,8 @@ def config_for_checkpoint(checkpoint, preset=None, **overrides):
     saved = _read_config(config_path)
     if preset is not None:
         wanted = get_preset(preset, **{k: v for k, v in overrides.items() if k == "num_classes"})
-        structural = ("image_size", "backbone", "anchor_strides", "anchor_sizes", "aspect_ratios",
-                      "tcb_channels")
-        if "num_classes" in overrides:
-            structural += ("num_classes",)
+        # The preset's own num_classes is VOC's: compared only when the caller names one.
+        structural = [f for f in STRUCTURAL_FIELDS if f != "num_classes" or "num_classes" in overrides]
         diff = [f"{f}: checkpoint {getattr(saved, f)} vs preset {getattr(wanted, f)}"
                 for f in structural if getattr(saved, f) != getattr(wanted, f)]
         if diff:
@@ -106,3 +105,13 @@ def load_model(checkpoint, preset=None, **overrides):
     else:
         tf.train.Checkpoint(model=model).restore(weights).expect_partial().assert_existing_objects_matched()
     return model, config
+
+
+def label_map_for_checkpoint(checkpoint, label_map_path=None):
+    """The LabelMap of `label_map_path` when given, else the one stored beside the checkpoint
+    (train.py writes labelmap.txt into model_dir), else None."""
+    if label_map_path:
+        return load_label_map(label_map_path)
+    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    found = default_label_map_path(folder or ".")
+    return load_label_map(found) if found else None

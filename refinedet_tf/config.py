@@ -141,6 +141,12 @@ _PRESETS: dict[str, RefineDetConfig] = {
 }
 
 
+# Fields that decide the network's variables or what its outputs mean: a checkpoint only fits a
+# config that agrees on all of them (a resumed run; a checkpoint checked against --preset).
+STRUCTURAL_FIELDS = ("image_size", "backbone", "backbone_alpha", "num_classes", "tcb_channels",
+                     "tcb_batch_norm", "anchor_strides", "anchor_sizes", "aspect_ratios")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingRecipe:
     """How a preset trains: what train.py's flags left unset take. `recipe_for` picks one.

@@ -26,6 +26,21 @@ def preprocess_images(images_rgb, config):
     raise ValueError(f"unknown preprocessing {config.preprocessing!r}")
 
 
+def unpreprocess_images(images, config):
+    """Inverse of `preprocess_images`, for display: float32 RGB in [0, 255] (not clipped).
+
+    Args:
+      images: [..., H, W, 3] preprocessed images (tensor or array).
+      config: the RefineDetConfig that preprocessed them.
+    """
+    images = tf.cast(images, tf.float32)
+    if config.preprocessing == "caffe_bgr":
+        return (images + tf.constant(config.pixel_mean_bgr, tf.float32))[..., ::-1]
+    if config.preprocessing == "tf":
+        return (images + 1.0) * 127.5
+    raise ValueError(f"unknown preprocessing {config.preprocessing!r}")
+
+
 def mean_pixel_rgb(config):
     """The RGB fill value whose preprocessed value is zero (expand's canvas colour)."""
     if config.preprocessing == "caffe_bgr":

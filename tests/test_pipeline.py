@@ -230,3 +230,13 @@ def test_skip_batches_gives_the_stream_from_that_batch_on():
             np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
     with pytest.raises(ValueError, match="skip_batches"):
         make_dataset(as_dataset(examples), CONFIG, batch_size=2, training=False, skip_batches=1)
+
+
+@pytest.mark.parametrize("preset", ["vgg16_320", "mobilenetv2_lite_192"])
+def test_unpreprocess_inverts_preprocess(preset):
+    from refinedet_tf.preprocessing import preprocess_images, unpreprocess_images
+
+    config = get_preset(preset)
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3)).astype(np.float32)
+    back = unpreprocess_images(preprocess_images(rgb, config), config).numpy()
+    np.testing.assert_allclose(back, rgb, atol=1e-4)

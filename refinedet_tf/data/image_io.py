@@ -31,6 +31,8 @@ from refinedet_tf.data.report import BadExampleError
 
 _EXTENSIONS = {"jpeg": (".jpg", ".jpeg", ".jpe", ".jfif"), "png": (".png",), "gif": (".gif",),
                "bmp": (".bmp", ".dib")}
+# Every extension of an image this library decodes (folders of images: predict, calibration).
+IMAGE_EXTENSIONS = tuple(ext for exts in _EXTENSIONS.values() for ext in exts)
 # JPEG SOF markers carry the size and component count (not DHT/JPG/DAC: C4, C8, CC).
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _HEADER_BYTES = 1 << 16

@@ -17,6 +17,7 @@ import glob
 import os
 import xml.etree.ElementTree as ET
 
+from refinedet_tf.data import image_io
 from refinedet_tf.data.reader import ExampleReader, RawBox
 from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.data.policy import Policy
@@ -101,7 +102,7 @@ class VocReader(ExampleReader):
     def _image_path(self, image_id: str, filename: str | None) -> str:
         folder = os.path.join(self.root, "JPEGImages")
         candidates = [filename] if filename else []
-        candidates += [image_id + ext for ext in (".jpg", ".jpeg", ".png")]
+        candidates += [image_id + ext for ext in image_io.IMAGE_EXTENSIONS]
         for name in candidates:
             if os.path.isfile(os.path.join(folder, name)):
                 return os.path.join(folder, name)

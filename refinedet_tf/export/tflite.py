@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.data.image_io import IMAGE_EXTENSIONS
 from refinedet_tf.export.nms import detect_builtin
 from refinedet_tf.export.saved_model import (
     DEFAULT_MAX_DETECTIONS, export_config, label_ids_table, read_model_files,
@@ -49,7 +50,6 @@ INPUT_NAME = "images"
 HEAD_OUTPUTS = ("arm_loc", "arm_conf", "odm_loc", "odm_conf")
 POSTPROCESS_FILE = "refinedet_postprocess.tflite"
 DEFAULT_NUM_CALIBRATION = 100
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 def tflite_filename(quantization):
@@ -227,7 +227,7 @@ def _image_files(path):
         names = glob.glob(path)
     else:
         return []
-    return sorted(n for n in names if n.lower().endswith(_IMAGE_EXTENSIONS) and os.path.isfile(n))
+    return sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(n))
 
 
 def _decode_file(path):

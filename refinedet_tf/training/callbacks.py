@@ -194,21 +194,6 @@ class TensorBoardScalars(keras.callbacks.Callback):
         self.writer.flush()
 
 
-def draw_boxes(image_rgb, boxes_yxyx, colour, labels=None):
-    """Draws normalized boxes on a uint8 RGB image (OpenCV); returns the image."""
-    import cv2  # pylint: disable=import-outside-toplevel
-
-    image = np.ascontiguousarray(image_rgb)
-    h, w = image.shape[:2]
-    for i, (y0, x0, y1, x1) in enumerate(np.asarray(boxes_yxyx)):
-        p0, p1 = (int(round(x0 * w)), int(round(y0 * h))), (int(round(x1 * w)), int(round(y1 * h)))
-        cv2.rectangle(image, p0, p1, colour, 1)
-        if labels is not None:
-            cv2.putText(image, labels[i], (p0[0] + 1, max(p0[1] - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.35, colour, 1, cv2.LINE_AA)
-    return image
-
-
 class PeriodicEvaluation(keras.callbacks.Callback):
     """Every `every` steps and at the end: VOC07 mAP (through `evaluation.runner`), TensorBoard
     mAP / per-class AP / a few validation images with predicted (green) and true (red) boxes,

@@ -17,8 +17,10 @@ import tensorflow as tf
 
 from refinedet_tf import checkpoints
 from refinedet_tf.anchors import generate_anchors
-from refinedet_tf.config import RefineDetConfig, get_preset, recipe_for
+from refinedet_tf.config import STRUCTURAL_FIELDS, RefineDetConfig, get_preset, recipe_for
 from refinedet_tf.data.inspect import anchor_warning, check_anchors
+from refinedet_tf.drawing import draw_boxes
+from refinedet_tf.preprocessing import unpreprocess_images
 from refinedet_tf.training import callbacks as cb
 from refinedet_tf.training.ema import UpdateWeightAverage, WeightAverage
 from refinedet_tf.training.precise_bn import recompute_batch_norm_statistics
@@ -26,9 +28,6 @@ from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_opt
 from refinedet_tf.training.strategy import make_strategy, synchronize_batch_norm
 from refinedet_tf.training.trainer import LOSS_NAMES, RefineDetTrainer
 
-# Fields whose change makes a checkpoint unusable: a resumed run must agree on them.
-STRUCTURAL_FIELDS = ("image_size", "backbone", "backbone_alpha", "num_classes", "tcb_channels",
-                     "tcb_batch_norm", "anchor_strides", "anchor_sizes", "aspect_ratios")
 DEMO_PRESET = "mobilenetv2_lite_192"
 ANCHOR_CHECK_SAMPLE = 20_000  # boxes the start-of-run anchor check scores (COCO has 860k)
 PRECISE_BN_BATCHES = 20
@@ -403,24 +402,18 @@ def _freeze_backbone(detector):
 
 def _draw_examples(images, targets, detections, config, class_names, limit):
     """Validation images with true (red) and predicted (green, score >= 0.3) boxes, uint8 RGB."""
-    images = np.asarray(images)
+    pixels = np.asarray(unpreprocess_images(images[:limit], config))
     out = []
-    for i in range(min(limit, images.shape[0])):
-        # Undo the preset's normalization for display.
-        x = images[i]
-        if config.preprocessing == "caffe_bgr":
-            rgb = (x + np.array(config.pixel_mean_bgr, np.float32))[..., ::-1]
-        else:
-            rgb = (x + 1.0) * 127.5
-        rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    for i in range(pixels.shape[0]):
+        rgb = np.clip(pixels[i], 0, 255).astype(np.uint8)
         valid = np.asarray(targets["mask"][i])
-        rgb = cb.draw_boxes(rgb, np.asarray(targets["boxes"][i])[valid], (255, 0, 0))
+        rgb = draw_boxes(rgb, np.asarray(targets["boxes"][i])[valid], (255, 0, 0))
         n = int(detections["num_detections"][i])
         scores = np.asarray(detections["detection_scores"][i][:n])
         keep = scores >= 0.3
         labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(
             np.asarray(detections["detection_classes"][i][:n])[keep], scores[keep])]
-        rgb = cb.draw_boxes(rgb, np.asarray(detections["detection_boxes"][i][:n])[keep], (0, 255, 0), labels)
+        rgb = draw_boxes(rgb, np.asarray(detections["detection_boxes"][i][:n])[keep], (0, 255, 0), labels)
         out.append(rgb.astype(np.float32) / 255.0)
     return out
 
