@@ -47,7 +47,7 @@ def define_flags():
     flags.DEFINE_bool("onnx", False, "also write onnx/refinedet.onnx (needs tf2onnx)")
     flags.DEFINE_integer("max_detections", 100, "detections per image (output rows)")
     flags.DEFINE_float("score_threshold", None, "minimum score (default: the config's, 0.01)")
-    flags.DEFINE_float("iou_threshold", None, "NMS IoU threshold (default: the config's, 0.45)")
+    flags.DEFINE_float("nms_iou", None, "NMS IoU threshold (default: the config's, 0.45)")
     flags.DEFINE_string("label_map", None, "label map (names file or .pbtxt): names and the ids "
                         "that detection_classes carries")
     flags.DEFINE_bool("raw_scores", False, "also output raw_detection_scores [N, A, C]")
@@ -72,7 +72,7 @@ def export(argv_flags):
     model, config = load_model(f.checkpoint, f.preset)
     label_map = label_map_for_checkpoint(f.checkpoint, f.label_map)
     post = dict(max_detections=f.max_detections, score_threshold=f.score_threshold,
-                iou_threshold=f.iou_threshold, label_map=label_map)
+                nms_iou=f.nms_iou, label_map=label_map)
     written = [export_saved_model(model, config, f.output_dir, version=f.version,
                                   raw_scores=f.raw_scores, overwrite=f.overwrite, **post)]
     print(f"SavedModel: {written[-1]}")

@@ -2,7 +2,8 @@
 
 A user reads this one file to see what `vgg16_320` is. Command lines override fields through
 `get_preset(name, **overrides)`; a run writes `dataclasses.asdict(config)` next to its
-checkpoints. The numbers are those of REFINEDET.md (the paper and the Caffe original).
+checkpoints. The numbers are the paper's (Zhang et al., CVPR 2018, section 4) and those of the
+Caffe original's training scripts (sfzhang15/RefineDet, examples/refinedet/*.py).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class RefineDetConfig:
     # Input normalization applied before the model (see preprocessing.py).
     preprocessing: str = "caffe_bgr"  # "caffe_bgr": BGR minus mean; "tf": RGB scaled to [-1, 1]
     pixel_mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)
-    # Training augmentation (seed 000): expand's canvas is up to this many times the image side.
+    # Training augmentation (the Caffe scripts' expand_param): expand's canvas is up to this many times the image side.
     max_expand_ratio: float = 4.0
     # Matching and losses.
     match_iou: float = 0.5
@@ -54,7 +55,7 @@ class RefineDetConfig:
     negative_filtering: str = "caffe"  # "caffe": theta drops pos and neg; "pytorch": pos only
     mining: str = "hard_negative"  # "hard_negative" (3:1), "ohem", "focal"
     ohem_examples_per_image: int = 256
-    ohem_nms_iou: float = 0.0  # > 0 enables NMS over loss-ranked boxes (seed 001 uses 0.7)
+    ohem_nms_iou: float = 0.0  # > 0 enables NMS over loss-ranked boxes (OHEM, Shrivastava et al. CVPR 2016, uses 0.7)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     loc_weight: float = 1.0

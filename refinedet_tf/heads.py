@@ -1,4 +1,5 @@
-"""RefineDet's heads: ARM, TCB and ODM (paper Fig. 1, REFINEDET.md "Heads").
+"""RefineDet's heads: ARM, TCB and ODM (paper Fig. 1 and 2; Caffe
+model_libs.py CreateRefineDetHead; RefineDet.PyTorch models/refinedet.py).
 
 Each head flattens its per-level outputs in the reference order (level, row, column, anchor)
 so that output row i pairs with anchor i of `anchors.generate_anchors`.

@@ -3,7 +3,7 @@
 Selection (`config.mining`):
   "hard_negative": positives plus the highest-loss negatives, neg_pos_ratio per positive per
                    image (SSD/RefineDet default);
-  "ohem":          seed 001's online hard example mining: per image the top
+  "ohem":          online hard example mining (Shrivastava et al., CVPR 2016): per image the top
                    `ohem_examples_per_image` anchors by their own total loss (cls + loc), with
                    optional NMS over those anchors' boxes for diversity;
   "focal":         softmax focal loss over every eligible anchor (no sampling).

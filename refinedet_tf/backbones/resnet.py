@@ -1,4 +1,5 @@
-"""ResNet-101/50 from keras.applications plus the extra `res6` block of seed 000."""
+"""ResNet-101/50 from keras.applications plus the extra `res6` block of the Caffe
+RefineDet's examples/refinedet/ResNet101_COCO_320.py."""
 
 import keras
 
@@ -27,7 +28,7 @@ def resnet_sources(images, name, backbone_weights="none"):
 
 
 def _res6(x):
-    """Seed 000's ResBody '6': bottleneck 128-128-512, stride 2, projection shortcut.
+    """ResNet101_COCO_320.py's ResBody '6': bottleneck 128-128-512, stride 2, projection shortcut.
 
     Stride on the first 1x1 conv, as Caffe's ResNet and Keras' ResNet (v1) blocks do.
     """

@@ -1,9 +1,11 @@
-"""SSD/RefineDet training augmentation (Caffe's AnnotatedDataLayer, seed 000) as pure TF ops.
+"""SSD/RefineDet training augmentation (Caffe's AnnotatedDataLayer with the
+train_transform_param and batch_sampler of the Caffe RefineDet's examples/refinedet/*.py, SSD's
+augmentation: Liu et al., ECCV 2016, section 2.2) as pure TF ops.
 
 Order, as in Caffe's `AnnotatedDataLayer::load_batch` and `DataTransformer::Transform`:
 
   1. photometric distortion (`DistortImage` -> `ApplyDistort`);
-  2. expand onto a mean-filled canvas (`ExpandImage`, p 0.5, ratio uniform in [1, 4]);
+  2. expand onto a mean-filled canvas (`ExpandImage`, p 0.5, ratio uniform in [1, `max_expand_ratio`], 4 in the paper);
   3. one crop from the 7 batch samplers (`GenerateBatchSamples`), CENTER emit constraint;
   4. WARP resize to `config.image_size` with a random interpolation;
   5. mirror (p 0.5);
@@ -41,7 +43,7 @@ import tensorflow as tf
 from refinedet_tf.box_coding import pairwise_iou
 from refinedet_tf.preprocessing import mean_pixel_rgb, preprocess_images
 
-# Photometric distortion (seed 000 distort_param), each op fires with this probability.
+# Photometric distortion (the Caffe scripts' distort_param), each op fires with this probability.
 PHOTOMETRIC_PROB = 0.5
 BRIGHTNESS_DELTA = 32.0  # added to every channel, uniform in [-32, 32]
 CONTRAST_RANGE = (0.5, 1.5)  # Caffe's contrast is a pure scale: pixel * alpha
@@ -52,7 +54,7 @@ HUE_DELTA_OPENCV = 18.0
 HUE_TURNS_PER_OPENCV_UNIT = 1.0 / 180.0
 HUE_DELTA = HUE_DELTA_OPENCV * HUE_TURNS_PER_OPENCV_UNIT  # 0.1 in tf.image.adjust_hue units
 
-# Expand (seed 000 expand_param).
+# Expand (the Caffe scripts' expand_param).
 EXPAND_PROB = 0.5
 MAX_EXPAND_RATIO = 4.0
 MIN_EXPAND_RATIO_DELTA = 1e-2  # Caffe: `if (fabs(expand_ratio - 1.f) < 1e-2) return;`
@@ -96,7 +98,7 @@ def _ssd_crop_sampler(**constraint) -> BatchSampler:
     return BatchSampler(0.3, 1.0, 0.5, 2.0, max_trials=50, **constraint)
 
 
-# Seed 000's batch_sampler list: the whole image, then 5 min-IoU crops, then any crop.
+# The Caffe scripts' batch_sampler list: the whole image, then 5 min-IoU crops, then any crop.
 SSD_BATCH_SAMPLERS: tuple[BatchSampler, ...] = (
     BatchSampler(),
     _ssd_crop_sampler(min_jaccard=0.1),
@@ -200,11 +202,6 @@ def apply_photometric(image, params):
     image = maybe(params["hue_on"], lambda x: adjust_hue(x, params["hue_delta"]), image)
     image = maybe(params["contrast_on"] & ~params["contrast_first"], contrast, image)
     return image
-
-
-def random_photometric_distort(image, seed):
-    """[H, W, 3] float32 RGB in [0, 255] -> same, distorted as Caffe's DistortImage."""
-    return apply_photometric(image, random_photometric_params(seed))
 
 
 # ----------------------------------------------------------------------------- expand

@@ -1,6 +1,6 @@
 """Data set health and anchor fit, before any training.
 
-    python -m refinedet_tf.data.inspect --data ../shared/datasets/raccoon --split train \\
+    python -m refinedet_tf.data.inspect --data path/to/VOC_folder --split train \\
         --preset mobilenetv2_lite_192 --output_dir inspect/raccoon
 
 Reads VOC folders, COCO JSON or TFRecords (`--data`, `--split`, `--label_map`) with the

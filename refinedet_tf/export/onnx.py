@@ -39,13 +39,13 @@ def _require_tf2onnx():
 
 
 def export_onnx(model, config, output_dir, max_detections=DEFAULT_MAX_DETECTIONS,
-                score_threshold=None, iou_threshold=None, label_map=None, opset=DEFAULT_OPSET):
+                score_threshold=None, nms_iou=None, label_map=None, opset=DEFAULT_OPSET):
     """Writes `output_dir/refinedet.onnx` (+ `write_model_files`) and returns its path.
 
     Args: as `export_saved_model`; opset: the ONNX opset (17 by default).
     """
     tf2onnx = _require_tf2onnx()
-    config = export_config(config, max_detections, score_threshold, iou_threshold)
+    config = export_config(config, max_detections, score_threshold, nms_iou)
     anchors = generate_anchors(config)
     # Constants are made inside the function: a tensor captured from outside would become a
     # second ONNX graph input.

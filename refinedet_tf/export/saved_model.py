@@ -77,15 +77,15 @@ def resize_and_preprocess(images, config):
     return preprocess_images(tf.clip_by_value(resized, 0.0, 255.0), config)
 
 
-def export_config(config, max_detections=None, score_threshold=None, iou_threshold=None):
+def export_config(config, max_detections=None, score_threshold=None, nms_iou=None):
     """The config with the export's post-processing thresholds (None keeps the config's)."""
     changes = {}
     if max_detections is not None:
         changes["max_detections"] = int(max_detections)
     if score_threshold is not None:
         changes["score_threshold"] = float(score_threshold)
-    if iou_threshold is not None:
-        changes["nms_iou"] = float(iou_threshold)
+    if nms_iou is not None:
+        changes["nms_iou"] = float(nms_iou)
     return dataclasses.replace(config, **changes)
 
 
@@ -221,7 +221,7 @@ class DetectionModule(tf.Module):
 
 def export_saved_model(model, config, export_dir, version=1, label_map=None,
                        max_detections=DEFAULT_MAX_DETECTIONS, score_threshold=None,
-                       iou_threshold=None, raw_scores=False, overwrite=False):
+                       nms_iou=None, raw_scores=False, overwrite=False):
     """Writes `export_dir/<version>/` (saved_model.pb, variables/, assets/) and returns its path.
 
     The SavedModel is written to a hidden sibling folder and renamed into place, so a TF
@@ -232,14 +232,14 @@ def export_saved_model(model, config, export_dir, version=1, label_map=None,
       export_dir: the model base path TF Serving watches.
       version: positive int, the version folder.
       label_map: optional LabelMap (names and ids; its size must match config.num_classes).
-      max_detections, score_threshold, iou_threshold: post-processing (None: the config's).
+      max_detections, score_threshold, nms_iou: post-processing (None: the config's).
       raw_scores: also export raw_detection_scores.
       overwrite: replace an existing version folder (else FileExistsError).
     """
     version = int(version)
     if version < 1:
         raise ValueError(f"version must be a positive integer (TF Serving's version folders), got {version}")
-    config = export_config(config, max_detections, score_threshold, iou_threshold)
+    config = export_config(config, max_detections, score_threshold, nms_iou)
     class_names(config, label_map)  # checks the label map against the model first
     target = os.path.join(export_dir, str(version))
     if os.path.exists(target) and not overwrite:

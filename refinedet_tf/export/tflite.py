@@ -57,7 +57,7 @@ def tflite_filename(quantization):
 
 
 def export_tflite(model, config, output_dir, quantization="fp32", representative_images=None,
-                  max_detections=DEFAULT_MAX_DETECTIONS, score_threshold=None, iou_threshold=None,
+                  max_detections=DEFAULT_MAX_DETECTIONS, score_threshold=None, nms_iou=None,
                   label_map=None):
     """Converts the model to `output_dir/refinedet_<quantization>.tflite` (see module doc).
 
@@ -66,14 +66,14 @@ def export_tflite(model, config, output_dir, quantization="fp32", representative
       quantization: "fp32", "fp16" or "int8".
       representative_images: int8 only: an iterable (re-iterable, or a callable returning an
         iterator) of float32 [1, S, S, 3] preprocessed images, e.g. `calibration_images(...)`.
-      max_detections, score_threshold, iou_threshold: post-processing (None: the config's).
+      max_detections, score_threshold, nms_iou: post-processing (None: the config's).
       label_map: optional LabelMap: detection_classes carry its ids; names go to labelmap.txt.
     Returns:
       list of the written .tflite paths (int8: the network and the post-processing model).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-    config = export_config(config, max_detections, score_threshold, iou_threshold)
+    config = export_config(config, max_detections, score_threshold, nms_iou)
     os.makedirs(output_dir, exist_ok=True)
     anchors = generate_anchors(config)
     label_ids = label_ids_table(config, label_map).astype(np.float32)

@@ -197,7 +197,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
 class PeriodicEvaluation(keras.callbacks.Callback):
     """Every `every` steps and at the end: VOC07 mAP (through `evaluation.runner`), TensorBoard
     mAP / per-class AP / a few validation images with predicted (green) and true (red) boxes,
-    and `best.weights.h5` replaced atomically whenever the mAP improves (seed 003). With an
+    and `best.weights.h5` replaced atomically whenever the mAP improves. With an
     `average` (--ema_decay) the averaged weights are evaluated and kept."""
 
     def __init__(self, every, evaluate_fn, model_dir, detector, state, metric="voc07", log_dir=None,

@@ -9,6 +9,8 @@ statistics). Evaluations during training call this first; long fine-tuning runs 
 weights are barely affected.
 """
 
+import itertools
+
 import numpy as np
 
 from refinedet_tf.model import batch_norm_layers
@@ -20,32 +22,37 @@ def recompute_batch_norm_statistics(model, images_batches, num_batches=20):
     Args:
       model: a Keras model (its BN layers are found recursively).
       images_batches: iterable of preprocessed image batches [B, S, S, 3] (e.g. un-augmented
-        training images).
+        training images); no more than `num_batches` are taken from it.
     Returns:
-      the number of batches used (0 when the model has no BatchNorm).
+      the number of batches used (0 when the model has no BatchNorm). When the batches raise,
+      every layer's statistics and momentum are put back as they were.
     """
     layers = batch_norm_layers(model)
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
+    before = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
     sums = [(np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)) for layer in layers]
     used = 0
     try:
         for layer in layers:
             layer.momentum = 0.0  # each forward pass writes exactly its batch's statistics
-        for images in images_batches:
-            if used >= num_batches:
-                break
+        for images in itertools.islice(images_batches, num_batches):
             model(images, training=True)
             for (mean_sum, var_sum), layer in zip(sums, layers):
                 mean_sum += layer.moving_mean.numpy()
                 var_sum += layer.moving_variance.numpy()
             used += 1
+    except BaseException:
+        for layer, (mean, variance) in zip(layers, before):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+        raise
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
-    if used:
-        for (mean_sum, var_sum), layer in zip(sums, layers):
-            layer.moving_mean.assign(mean_sum / used)
-            layer.moving_variance.assign(var_sum / used)
+    sources = [(m / used, v / used) for m, v in sums] if used else before
+    for (mean, variance), layer in zip(sources, layers):
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
     return used
