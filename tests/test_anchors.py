@@ -51,13 +51,38 @@ def test_tiny_two_by_two_map_by_hand():
     np.testing.assert_allclose(anchors, np.array(expected), atol=1e-7)
 
 
-def test_anchors_are_centred_on_their_grid():
+@pytest.mark.parametrize("preset,clip", [("vgg16_320", False), ("vgg16_320", True), ("vgg16_512", False)])
+def test_every_level_is_mirror_symmetric(preset, clip):
+    # 320 has an odd level (5x5, whose middle column is centred on 0.5) and, unclipped, anchors
+    # reaching outside the image; clipping acts on centre-form values, which keeps the symmetry.
+    config = refinedet_tf.get_preset(preset, clip_anchors=clip)
+    anchors = refinedet_tf.generate_anchors(config).astype(np.float64)
+    start = 0
+    for side in feature_map_sizes(config):
+        # Reference order: row (y), column (x), then ratio 1, 2, 1/2.
+        level = anchors[start:start + side * side * 3].reshape(side, side, 3, 4)
+        start += side * side * 3
+        ymin, xmin, ymax, xmax = np.moveaxis(level, -1, 0)
+        # Mirror x -> 1 - x: the anchor of column side-1-j, same row and ratio, is the mirror
+        # image of the anchor of column j (its xmin is 1 - xmax, so its width is the same).
+        mirrored_x = np.stack([ymin, 1 - xmax, ymax, 1 - xmin], -1)[:, ::-1]
+        np.testing.assert_allclose(level, mirrored_x, atol=1e-6, err_msg=f"level {side}x{side}, x")
+        mirrored_y = np.stack([1 - ymax, xmin, 1 - ymin, xmax], -1)[::-1]
+        np.testing.assert_allclose(level, mirrored_y, atol=1e-6, err_msg=f"level {side}x{side}, y")
+        # Transposing the grid swaps y and x, so ratio 2 (wide) becomes ratio 1/2 (tall).
+        transposed = np.stack([xmin, ymin, xmax, ymax], -1).transpose(1, 0, 2, 3)[:, :, [0, 2, 1]]
+        np.testing.assert_allclose(level, transposed, atol=1e-6, err_msg=f"level {side}x{side}, diagonal")
+    assert start == len(anchors)
+
+
+def test_anchor_centres_are_the_cell_centres():
     config = refinedet_tf.get_preset("vgg16_512")
     anchors = refinedet_tf.generate_anchors(config).astype(np.float64)
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
-    # Over a whole level the mean centre is the image centre, and every level is symmetric.
     start = 0
-    for side in feature_map_sizes(config):
-        n = side * side * 3
-        np.testing.assert_allclose(centres[start:start + n].mean(0), [0.5, 0.5], atol=1e-6)
-        start += n
+    for stride, side in zip(config.anchor_strides, feature_map_sizes(config)):
+        # Half-step offset: cell (i, j) has centre ((i + 0.5) s / S, (j + 0.5) s / S).
+        cells = (np.arange(side) + 0.5) * stride / config.image_size
+        expected = np.stack(np.meshgrid(cells, cells, [0, 1, 2], indexing="ij")[:2], -1).reshape(-1, 2)
+        np.testing.assert_allclose(centres[start:start + side * side * 3], expected, atol=1e-6)
+        start += side * side * 3

@@ -14,7 +14,13 @@ from refinedet_tf.export.tflite import POSTPROCESS_FILE, make_interpreter
 from test_export_saved_model import (LABEL_IDS, MAX_DETECTIONS, assert_same_detections,
                                      keras_detections, make_checkpoint)
 
-pytest.importorskip("ai_edge_litert", reason="the TFLite tests run models in ai-edge-litert")
+
+@pytest.fixture(scope="module")
+def litert():
+    """Tests that run a .tflite use this: they run it in ai-edge-litert (an optional package),
+    not in tf.lite's interpreter that make_interpreter falls back to. Export, the pure-TF NMS and
+    calibration images need only TensorFlow and run without it."""
+    pytest.importorskip("ai_edge_litert", reason="the TFLite tests run models in ai-edge-litert")
 
 
 def op_names(path):
@@ -46,10 +52,16 @@ def test_images():
     return [rng.randint(0, 256, shape).astype(np.uint8) for shape in [(128, 128, 3), (90, 150, 3)]]
 
 
-def test_fp32_matches_the_keras_model(small, test_images):
-    out_dir = str(small["root"] / "fp32")
-    paths = export_tflite(small["model"], small["config"], out_dir, "fp32",
-                          max_detections=MAX_DETECTIONS, label_map=small["label_map"])
+@pytest.fixture(scope="module")
+def fp32_paths(small):
+    """The fp32 export, made once for every test that reads it (in any order)."""
+    return export_tflite(small["model"], small["config"], str(small["root"] / "fp32"), "fp32",
+                         max_detections=MAX_DETECTIONS, label_map=small["label_map"])
+
+
+@pytest.mark.usefixtures("litert")
+def test_fp32_matches_the_keras_model(small, fp32_paths, test_images):
+    paths = fp32_paths
     assert [os.path.basename(p) for p in paths] == ["refinedet_fp32.tflite"]
     assert_builtin_only(paths[0])
     assert "NON_MAX_SUPPRESSION_V5" in op_names(paths[0])
@@ -65,6 +77,7 @@ def test_fp32_matches_the_keras_model(small, test_images):
         assert reference["num_detections"][0] > 0
 
 
+@pytest.mark.usefixtures("litert")
 def test_fp16_is_close_to_the_keras_model(small, test_images):
     paths = export_tflite(small["model"], small["config"], str(small["root"] / "fp16"), "fp16",
                           max_detections=MAX_DETECTIONS, label_map=small["label_map"])
@@ -80,6 +93,7 @@ def test_fp16_is_close_to_the_keras_model(small, test_images):
         assert_same_detections(ours, reference, box_atol=1e-2, score_atol=5e-3, rows=3)
 
 
+@pytest.mark.usefixtures("litert")
 def test_int8_network_is_integer_and_post_processing_float(small, test_images):
     calibration = [tf.image.resize(tf.cast(i[None], tf.float32), [128, 128]).numpy() / 127.5 - 1
                    for i in test_images] * 2
@@ -104,11 +118,9 @@ def test_int8_network_is_integer_and_post_processing_float(small, test_images):
         export_tflite(small["model"], small["config"], str(small["root"] / "x"), "int8")
 
 
-def test_detector_checks_its_input(small):
-    path = str(small["root"] / "fp32" / "refinedet_fp32.tflite")
-    if not os.path.exists(path):
-        pytest.skip("needs the fp32 export of test_fp32_matches_the_keras_model")
-    detector = TFLiteDetector(path)
+@pytest.mark.usefixtures("litert")
+def test_detector_checks_its_input(fp32_paths):
+    detector = TFLiteDetector(fp32_paths[0])
     with pytest.raises(ValueError, match=r"expected preprocessed images \[1, 128, 128, 3\]"):
         detector.run(np.zeros((1, 64, 64, 3), np.float32))
     with pytest.raises(ValueError, match="expected one RGB image"):
@@ -166,24 +178,17 @@ def _detection_pixels(boxes_yxyx, height, width):
     return pixels
 
 
-def test_int8_keeps_95_percent_of_fp32_map(request, tmp_path):
+@pytest.mark.usefixtures("litert")
+def test_int8_keeps_95_percent_of_fp32_map(tiny_trained_model_dir, synthetic_val_dir, tmp_path):
     """VOC07 mAP of the int8 .tflite >= 95% of the float model's (the Keras model with
     `postprocess.detect`, which the fp32 .tflite equals: test_fp32_matches_the_keras_model)."""
-    try:
-        model_dir = request.getfixturevalue("tiny_trained_model_dir")
-        val_dir = request.getfixturevalue("synthetic_val_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the tiny_trained_model_dir and synthetic_val_dir fixtures (conftest.py)")
     from refinedet_tf.data import open_reader
     from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
     from refinedet_tf.evaluation import VOCEvaluator
 
-    model, config = load_model(model_dir)
-    splits = os.listdir(os.path.join(val_dir, "ImageSets", "Main"))
-    val_split = "val" if "val.txt" in splits else None
-    # Calibrate on training images when the folder has them, else on the validation images.
-    calibration_split = "train" if "train.txt" in splits else val_split
-    calibration = calibration_images(val_dir, config, num_images=100, split=calibration_split)
+    model, config = load_model(tiny_trained_model_dir)
+    # Calibrated on the fixture's 16 training images, evaluated on its 48 validation images.
+    calibration = calibration_images(synthetic_val_dir, config, num_images=100, split="train")
     (path, _) = export_tflite(model, config, str(tmp_path), "int8", representative_images=calibration,
                               max_detections=100)
     anchors = generate_anchors(config)
@@ -198,7 +203,7 @@ def test_int8_keeps_95_percent_of_fp32_map(request, tmp_path):
         "fp32": lambda image: {k: v.numpy() for k, v in float_detect(image[None]).items()},
         "int8": TFLiteDetector(path),
     }
-    reader = open_reader(val_dir, split=val_split, keep_empty=True)
+    reader = open_reader(synthetic_val_dir, split="val", keep_empty=True)
     evaluators = {q: VOCEvaluator(reader.label_map.names, metrics=("voc07",)) for q in detectors}
     for example in reader:
         h, w = int(example["height"]), int(example["width"])

@@ -1,3 +1,6 @@
+import collections
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -159,6 +162,20 @@ def test_loss_compiles_with_xla_and_matches_eager(fixture, mining):
     xla = compiled(outputs, boxes, classes, mask)
     for k in eager:
         np.testing.assert_allclose(xla[k], eager[k], rtol=1e-5, err_msg=k)
-    # It really went through XLA: the compiled graph of the function is an XLA cluster.
-    hlo = compiled.experimental_get_compiler_ir(outputs, boxes, classes, mask)(stage="hlo")
-    assert "HloModule" in hlo
+    # "Batched, no Python loop over images or boxes": a loop would be unrolled into one copy of
+    # its body per image or box, so the graph would grow with B and M. Twice the images and
+    # twice the (padded) boxes must give exactly the same XLA instructions, only wider.
+    twice = {k: np.concatenate([v, v]) for k, v in outputs.items()}
+    pad = lambda x: np.concatenate([np.concatenate([x, np.zeros_like(x)], axis=1)] * 2)
+    small = _hlo_opcodes(compiled, outputs, boxes, classes, mask)
+    large = _hlo_opcodes(compiled, twice, pad(boxes), pad(classes), pad(mask))
+    assert sum(small.values()) > 500 and "reduce" in small  # the pattern did parse the module
+    assert large == small, {op: (small[op], large[op]) for op in small | large if small[op] != large[op]}
+
+
+def _hlo_opcodes(function, *args):
+    """Opcode -> count in the HLO of a jit-compiled tf.function for these arguments."""
+    hlo = function.experimental_get_compiler_ir(*args)(stage="hlo")
+    # An instruction: `[ROOT] %name = <shape, maybe a tuple> opcode(operands), attributes`.
+    pattern = r"^\s*(?:ROOT\s+)?%?[\w.-]+\s*=\s*.*?\b([a-z][a-z0-9-]*)\("
+    return collections.Counter(re.findall(pattern, hlo, flags=re.MULTILINE))

@@ -68,22 +68,35 @@ def test_one_tiny_box_is_forced_onto_its_best_anchor():
     np.testing.assert_array_equal(conf_t, [[0, 0, 0, 5]])
 
 
-def test_two_boxes_wanting_the_same_anchor_the_later_wins_and_threshold_is_inclusive():
+def test_two_boxes_wanting_the_same_anchor_the_later_wins():
     boxes = np.array([[[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.45],
-                       [0.5, 0.5, 1.0, 0.75]]], np.float32)  # box 2: IoU exactly 0.5 with anchor 3
+                       [0.5, 0.5, 1.0, 0.75]]], np.float32)
     classes = np.array([[1, 2, 3]], np.int32)
     mask = np.array([[True, True, False]])
     _, conf_t, _ = assign_targets(ANCHORS, boxes, classes, mask, (0.1, 0.1, 0.2, 0.2))
-    np.testing.assert_array_equal(conf_t, [[2, 0, 0, 0]])  # box 1 (later) wins anchor 0
-    boxes2 = np.array([[[0.5, 0.5, 1.0, 0.75], [0.0, 0.0, 0.2, 0.2]]], np.float32)
-    matched, pos, iou = match_anchors(ANCHORS, boxes2, np.array([[True, True]]))
-    # anchor 3 is box 0's forced match; check the inclusive 0.5 rule on a non-forced anchor:
-    boxes3 = np.array([[[0.5, 0.5, 1.0, 0.75], [0.5, 0.5, 1.0, 1.0]]], np.float32)
-    matched, pos, iou = match_anchors(ANCHORS[3:4], boxes3[:, :1], np.array([[True]]))
-    assert pos.numpy()[0, 0]
-    only = np.array([[0.5, 0.5, 1.0, 0.75]], np.float32)
-    assert box_coding.pairwise_iou(only, ANCHORS[3:4]).numpy()[0, 0] == 0.5
-    _, pos, iou = match_anchors(np.concatenate([ANCHORS[3:4], ANCHORS[3:4] + [0, 0.25, 0, 0.25]]),
-                                only[None], np.array([[True]]))
-    # anchor 0: forced; anchor 1 [0.5,0.75,1,1.25]: IoU 0 -> negative.
-    np.testing.assert_array_equal(pos, [[True, False]])
+    # Box 1 (later) takes anchor 0 from box 0. Box 2 is padding: its IoU with anchor 3 is 0.5,
+    # enough to be positive, yet anchor 3 stays background because padding is never matched.
+    np.testing.assert_array_equal(conf_t, [[2, 0, 0, 0]])
+
+
+def test_iou_exactly_at_the_threshold_is_positive_on_a_non_forced_anchor():
+    # Coordinates are multiples of 1/4 (one is 0.25 less one float32 step), so the IoUs below are
+    # exact in float32 (asserted). The box's best anchor (0, IoU 1) is its forced match; anchors
+    # 1 and 2 are nobody's best anchor, so only the threshold decides them.
+    box = np.array([[[0.0, 0.0, 0.5, 0.5]]], np.float32)  # area 1/4
+    below_quarter = np.nextafter(np.float32(0.25), np.float32(0.0))  # 0.25 - 2^-26
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5],  # IoU 1: forced
+                        [0.0, 0.0, 0.5, 0.25],  # inside the box, area 1/8: IoU (1/8)/(1/4) = 0.5
+                        [0.0, 0.0, 0.5, below_quarter],  # IoU 2 * below_quarter = 0.5 - 2^-25
+                        [0.5, 0.5, 1.0, 1.0]], np.float32)  # IoU 0
+    iou = box_coding.pairwise_iou(box[0], anchors).numpy()[0]
+    assert iou[1] == 0.5 and iou[2] == np.float32(0.5 - 2.0 ** -25)
+    matched, pos, match_iou = match_anchors(anchors, box, np.array([[True]]), iou_threshold=0.5)
+    np.testing.assert_array_equal(pos, [[True, True, False, False]])
+    # Anchor 1 is positive by the threshold, not by the bipartite step: its match IoU is the real
+    # one, not FORCED_MATCH_IOU.
+    np.testing.assert_array_equal(match_iou, [[FORCED_MATCH_IOU, 0.5, iou[2], 0.0]])
+    assert matched.numpy()[0, 1] == 0
+    _, conf_t, _ = assign_targets(anchors, box, np.array([[7]], np.int32), np.array([[True]]),
+                                  (0.1, 0.1, 0.2, 0.2), iou_threshold=0.5)
+    np.testing.assert_array_equal(conf_t, [[7, 7, 0, 0]])
