@@ -55,7 +55,9 @@ def _expected_statistics(batches, bn1):
 def test_moving_statistics_are_the_average_of_the_first_num_batches():
     model, bn1, bn2 = _model()
     batches = _batches(5)
-    assert recompute_batch_norm_statistics(model, iter(batches), num_batches=3) == 3
+    stream = iter(batches)
+    assert recompute_batch_norm_statistics(model, stream, num_batches=3) == 3
+    assert next(stream) is batches[3]  # no batch taken beyond num_batches
     # Batches 3 and 4 have larger means and spreads: had they been used, the values would differ.
     expected = _expected_statistics(batches[:3], bn1)
     for name, layer in (("bn1", bn1), ("bn2", bn2)):
@@ -83,7 +85,7 @@ def test_no_batch_leaves_the_statistics_alone():
     assert bn1.momentum == 0.9
 
 
-def test_momentum_is_restored_when_the_batches_raise():
+def test_momentum_and_statistics_are_restored_when_the_batches_raise():
     model, bn1, bn2 = _model()
 
     def failing():
@@ -93,8 +95,11 @@ def test_momentum_is_restored_when_the_batches_raise():
     with pytest.raises(RuntimeError, match="input pipeline broke"):
         recompute_batch_norm_statistics(model, failing(), num_batches=3)
     # Momentum 0 left behind would make every later training step overwrite the statistics
-    # with one batch's.
+    # with one batch's; the first batch's statistics must not stay behind either.
     assert (bn1.momentum, bn2.momentum) == (0.9, 0.99)
+    for layer in (bn1, bn2):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), np.full(layer.moving_mean.shape, 100.0))
+        np.testing.assert_array_equal(layer.moving_variance.numpy(), np.full(layer.moving_variance.shape, 50.0))
 
 
 def test_frozen_batch_norm_keeps_its_statistics():
