@@ -106,14 +106,19 @@ def make_predictor(checkpoint=None, saved_model=None, tflite=None, preset=None,
         model, config = load_model(checkpoint, preset)
         label_map = label_map or label_map_for_checkpoint(checkpoint)
         module = DetectionModule(model, export_config(config, max_detections), label_map)
-        run = lambda image: {k: v.numpy() for k, v in module.serving_default(tf.constant(image[None])).items()}
+
+        def run(image):
+            return {k: v.numpy() for k, v in module.serving_default(tf.constant(image[None])).items()}
+
         return Predictor("checkpoint", run, class_names(config, label_map), label_ids_table(config, label_map))
     if saved_model:
         from refinedet_tf.export.saved_model import SavedModelDetector
 
         detector = SavedModelDetector(saved_model)
         names, ids = detector.class_names, detector.label_ids
-        run = lambda image: detector(image[None])
+
+        def run(image):
+            return detector(image[None])
     else:
         from refinedet_tf.export.tflite import TFLiteDetector
 

@@ -67,7 +67,8 @@ def main():
     print(f"machine: {describe()}")
     peak = matmul_peak(args.repeats)
     print(f"float32 matmul 2048^3 peak: {peak:.1f} GFLOP/s\n")
-    print(f"{'model':18s} {'batch':>5s} {'ms/batch':>9s} {'ms/image':>9s} {'GFLOP/img':>9s} {'GFLOP/s':>8s} {'% peak':>7s}")
+    print(f"{'model':18s} {'batch':>5s} {'ms/batch':>9s} {'ms/image':>9s} {'GFLOP/img':>9s} {'GFLOP/s':>8s} "
+          f"{'% peak':>7s}")
     for name in ("vgg16_320", "mobilenetv2_320"):
         config = refinedet_tf.get_preset(name)
         model = refinedet_tf.build_refinedet(config)

@@ -56,8 +56,13 @@ def bench_preset(name, args, workdir):
     import tensorflow as tf
 
     from refinedet_tf import build_refinedet, detect, generate_anchors, get_preset
-    from refinedet_tf.export import (SavedModelDetector, TFLiteDetector, export_saved_model,
-                                     export_tflite, resize_and_preprocess)
+    from refinedet_tf.export import (
+        SavedModelDetector,
+        TFLiteDetector,
+        export_saved_model,
+        export_tflite,
+        resize_and_preprocess,
+    )
 
     config = get_preset(name, num_classes=args.num_classes)
     model = build_refinedet(config)

@@ -39,7 +39,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe  # noqa: E402
 from bench.train_step import train_step_seconds, window_seconds  # noqa: E402
 
-
 RACCOON = "/work/shared/datasets/raccoon"
 
 

@@ -203,7 +203,10 @@ def main():
         trainer = make_trainer(config, args.batch_size)
         results = time_model(trainer, images, targets, args.repeats)
         for jit, r in results.items():
-            share = lambda part, r=r: 100.0 * r[part] / r["step"]  # noqa: E731
+
+            def share(part, r=r):
+                return 100.0 * r[part] / r["step"]
+
             spread = f"{r['step_min']:.2f}-{r['step_max']:.2f}"
             print(f"{name:20s} {jit!s:>5s} {input_s:7.3f} {r['forward']:8.3f} {r['loss']:7.3f} "
                   f"{r['backward']:8.3f} {r['step']:7.3f} {spread:>13s} {args.batch_size / input_s:9.1f} "

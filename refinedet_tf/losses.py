@@ -143,7 +143,10 @@ def _check_ground_truth(gt_boxes_yxyx, gt_classes, gt_mask, num_classes):
     boxes = tf.cast(gt_boxes_yxyx, tf.float32)
     classes = tf.cast(gt_classes, tf.int32)
     padding = tf.logical_not(gt_mask)
-    all_valid = lambda ok: tf.reduce_all(tf.logical_or(ok, padding))
+
+    def all_valid(ok):
+        return tf.reduce_all(tf.logical_or(ok, padding))
+
     checks = [
         tf.debugging.Assert(
             all_valid(tf.reduce_all(tf.math.is_finite(boxes), axis=-1)),
@@ -195,7 +198,10 @@ def refinedet_loss_terms(outputs, gt_boxes_yxyx, gt_classes, gt_mask, anchors_yx
     Returns dict arm (terms), odm (terms), targets: see `multibox_loss_terms`/`compute_targets`.
     """
     t = compute_targets(outputs, gt_boxes_yxyx, gt_classes, gt_mask, anchors_yxyx, config)
-    f32 = lambda name: tf.cast(outputs[name], tf.float32)
+
+    def f32(name):
+        return tf.cast(outputs[name], tf.float32)
+
     arm = multibox_loss_terms(
         f32("arm_loc"), f32("arm_conf"), t["arm_loc_t"], t["arm_conf_t"], t["arm_pos"],
         tf.logical_not(t["arm_pos"]), anchors_yxyx, config)

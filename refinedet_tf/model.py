@@ -3,8 +3,7 @@
 import keras
 
 from refinedet_tf.backbones import backbone_sources
-from refinedet_tf.heads import (anchor_refinement_module, object_detection_module,
-                                transfer_connection_blocks)
+from refinedet_tf.heads import anchor_refinement_module, object_detection_module, transfer_connection_blocks
 
 BATCH_NORM_MOMENTUM = 0.99
 

@@ -24,7 +24,10 @@ def decode(outputs, anchors_yxyx, config):
       dict refined_anchors [B, A, 4] yxyx, boxes [B, A, 4] yxyx, scores [B, A, C] (column 0 =
       background).
     """
-    f32 = lambda name: tf.cast(outputs[name], tf.float32)
+
+    def f32(name):
+        return tf.cast(outputs[name], tf.float32)
+
     anchors = tf.convert_to_tensor(anchors_yxyx, tf.float32)[None]
     refined = box_coding.decode_boxes(f32("arm_loc"), anchors, config.variances)
     boxes = box_coding.decode_boxes(f32("odm_loc"), refined, config.variances)

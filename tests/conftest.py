@@ -1,12 +1,16 @@
+import json
 import os
+import sys
 
-# Quieter TensorFlow logs in test output; must be set before TensorFlow is imported.
+import cv2
+import numpy as np
+import pytest
+
+# Quieter TensorFlow logs in test output; must be set before TensorFlow is imported (nothing above imports it).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import sys  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/
-from bench.machine import describe_cpu  # noqa: E402
+from bench.machine import describe_cpu  # noqa: E402  (importable once the line above put the repository on the path)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -17,12 +21,6 @@ def pytest_terminal_summary(terminalreporter):
 
 
 # ---- Data fixtures: tiny datasets written by the tests themselves, with hand-known boxes.
-
-import json
-
-import cv2
-import numpy as np
-import pytest
 
 RACCOON_DIR = "/work/shared/datasets/raccoon"
 

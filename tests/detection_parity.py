@@ -72,7 +72,10 @@ def _iou(box, boxes):
     h = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     w = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     inter = h * w
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+
+    def area(b):
+        return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+
     union = area(box) + area(boxes) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -243,9 +246,11 @@ def assert_detection_lists_agree(ours, reference, box_atol, score_atol, rows=Non
     capacity = np.asarray(reference["detection_scores"]).shape[1]
     excused_total = 0
     for b, (n_o, n_r) in enumerate(zip(num_ours, num_ref)):
-        side = lambda d, n: (np.asarray(d["detection_classes"])[b, :n].astype(int),
-                             np.asarray(d["detection_scores"])[b, :n].astype(np.float64),
-                             np.asarray(d["detection_boxes"])[b, :n].astype(np.float64))
+        def side(d, n):
+            return (np.asarray(d["detection_classes"])[b, :n].astype(int),
+                    np.asarray(d["detection_scores"])[b, :n].astype(np.float64),
+                    np.asarray(d["detection_boxes"])[b, :n].astype(np.float64))
+
         (c_o, s_o, x_o), (c_r, s_r, x_r) = side(ours, n_o), side(reference, n_r)
         assert np.all(np.diff(s_o) <= 0), f"image {b}: detections not sorted by score"
         if rows is None:  # padding rows are zero

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import refinedet_tf
-from refinedet_tf.anchors import feature_map_sizes
 from golden import load
+from refinedet_tf.anchors import feature_map_sizes
 
 
 def _cxcywh_to_yxyx(p):

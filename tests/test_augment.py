@@ -42,7 +42,10 @@ def iou_np(box, boxes):
     ih = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     iw = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     inter = ih * iw
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+
+    def area(b):
+        return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+
     return inter / (area(box) + area(boxes) - inter)
 
 
@@ -157,13 +160,19 @@ def test_random_decisions_follow_their_probabilities():
         rows.append(dict(p, expanded=d["expand"]["expanded"].numpy(),
                          ratio=d["expand"]["canvas_height"].numpy() / 100,
                          mirror=d["mirror"].numpy(), interpolation=d["interpolation"].numpy()))
-    rate = lambda k: np.mean([r[k] for r in rows])  # noqa: E731
+
+    def rate(k):
+        return np.mean([r[k] for r in rows])
+
     for name in ("brightness_on", "contrast_on", "saturation_on", "hue_on", "contrast_first",
                  "expanded", "mirror"):
         assert 0.4 <= rate(name) <= 0.6, (name, rate(name))
     counts = np.bincount([r["interpolation"] for r in rows], minlength=5)
     assert counts.shape == (5,) and (counts >= 0.12 * 400).all() and (counts <= 0.28 * 400).all()
-    values = lambda k: np.array([r[k] for r in rows])  # noqa: E731
+
+    def values(k):
+        return np.array([r[k] for r in rows])
+
     for name, lo, hi in (("brightness_delta", -32, 32), ("contrast_factor", 0.5, 1.5),
                          ("saturation_factor", 0.5, 1.5), ("hue_delta", -0.1, 0.1)):
         v = values(name)
@@ -188,7 +197,10 @@ def test_photometric_stays_in_range_and_follows_caffe_order():
         x = image
         if p["brightness_on"]:
             x = tf.clip_by_value(x + p["brightness_delta"], 0, 255)
-        contrast = lambda y: tf.clip_by_value(y * p["contrast_factor"], 0, 255)  # noqa: E731
+
+        def contrast(y):
+            return tf.clip_by_value(y * p["contrast_factor"], 0, 255)
+
         if p["contrast_on"] and p["contrast_first"]:
             x = contrast(x)
         if p["saturation_on"]:
@@ -233,7 +245,10 @@ def test_expand_crop_mirror_keep_box_on_its_pixels():
         box = np.array([[y0 / height, x0 / width, y1 / height, x1 / width]], np.float32)
         d = draw_fn(tf.constant([13, s], tf.int64), box, height, width)
         crop_px = d["crop"]["crop_px"]
-        distort = lambda piece: A.apply_photometric(piece, d["photometric"])  # noqa: E731
+
+        def distort(piece):
+            return A.apply_photometric(piece, d["photometric"])
+
         # The fused crop equals cropping the materialized canvas of the distorted image.
         fused = A.crop_expanded_image(image, d["expand"], crop_px, FILL, distort).numpy()
         canvas = A.expand_image(distort(image), d["expand"], FILL).numpy()

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_voc, textured, write_image
 
+from conftest import make_voc, textured, write_image
 from refinedet_tf.data import prepare, tfrecord
 from refinedet_tf.data.coco import CocoReader
 from refinedet_tf.data.report import BadExampleError

@@ -1,8 +1,8 @@
 import numpy as np
 import tensorflow as tf
 
-from refinedet_tf import box_coding
 from golden import load, swap_xy
+from refinedet_tf import box_coding
 
 VAR = (0.1, 0.1, 0.2, 0.2)
 

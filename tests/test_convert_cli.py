@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import refinedet_tf
+from reference_weights import seeded_input, seeded_state_dict
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.convert.pytorch import read_state_dict
-from reference_weights import seeded_input, seeded_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

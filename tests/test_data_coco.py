@@ -3,8 +3,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_EXPECTED, TINY_ITEMS, TINY_SIZES, coco_json_from_voc_items
 
+from conftest import TINY_EXPECTED, TINY_ITEMS, TINY_SIZES, coco_json_from_voc_items
 from refinedet_tf import data
 from refinedet_tf.data.coco import CocoReader
 from refinedet_tf.data.voc import VocReader

@@ -3,11 +3,10 @@ import hashlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import textured
 
+from conftest import textured
 from refinedet_tf import data
-from refinedet_tf.data import example as ex
-from refinedet_tf.data import prepare, tfrecord
+from refinedet_tf.data import example as ex, prepare, tfrecord
 from refinedet_tf.data.label_map import LabelMap
 from refinedet_tf.data.voc import VocReader
 

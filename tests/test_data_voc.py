@@ -3,11 +3,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_EXPECTED, TINY_SIZES
 
+from conftest import TINY_EXPECTED, TINY_SIZES
 from refinedet_tf import data
-from refinedet_tf.data import box_conventions
-from refinedet_tf.data import example as ex
+from refinedet_tf.data import box_conventions, example as ex
 from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.data.voc import VocReader
 

@@ -105,7 +105,7 @@ def test_average_under_mirrored_strategy_on_every_replica():
     done = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, env=ENV,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    line = [l for l in done.stdout.splitlines() if l.startswith("RESULT")][-1]
+    line = [out for out in done.stdout.splitlines() if out.startswith("RESULT")][-1]
     replicas, inside, after = json.loads("[" + line[len("RESULT "):].replace("] [", "], [") + "]")
     np.testing.assert_allclose(replicas, [27.0, 27.0], rtol=1e-6)
     np.testing.assert_allclose(inside, [27.0, 27.0], rtol=1e-6)

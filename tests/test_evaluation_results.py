@@ -47,7 +47,8 @@ def test_pycocotools_load_res_reads_the_file(tmp_path):
     gt = COCO()
     gt.dataset = {
         "images": [{"id": i} for i in (7, 42, 43)],
-        "annotations": [{"id": 1, "image_id": 42, "category_id": 18, "bbox": [20, 10, 60, 40], "area": 2400, "iscrowd": 0}],
+        "annotations": [{"id": 1, "image_id": 42, "category_id": 18, "bbox": [20, 10, 60, 40], "area": 2400,
+                         "iscrowd": 0}],
         "categories": [{"id": 18, "name": "cat"}, {"id": 44, "name": "dog"}],
     }
     with contextlib.redirect_stdout(io.StringIO()):

@@ -187,7 +187,8 @@ def test_bad_inputs_raise_naming_the_offender():
     ev.add_ground_truth("a", [G1], [1])
     with pytest.raises(ValueError, match="image 'a' was already added"):
         ev.add_ground_truth("a", [G1], [1])
-    with pytest.raises(ValueError, match=r"expected ground-truth boxes_yxyx \[N, 4\] for image 'b', got shape \[1, 3\]"):
+    with pytest.raises(ValueError,
+                       match=r"expected ground-truth boxes_yxyx \[N, 4\] for image 'b', got shape \[1, 3\]"):
         ev.add_ground_truth("b", [[1, 2, 3]], [1])
     with pytest.raises(ValueError, match="class id 2 at row 0; expected 1..1"):
         ev.add_ground_truth("b", [G1], [2])

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from refinedet_tf.checkpoints import load_model
-from test_export_saved_model import (LABEL_IDS, MAX_DETECTIONS, assert_same_detections,
-                                     keras_detections, make_checkpoint)
+from test_export_saved_model import LABEL_IDS, MAX_DETECTIONS, assert_same_detections, keras_detections, make_checkpoint
 
 pytest.importorskip("tf2onnx", reason="the onnx extra (tf2onnx) is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")

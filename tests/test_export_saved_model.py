@@ -272,8 +272,7 @@ def test_raw_scores_are_left_out_by_default(exported):
 
 # ---------------------------------------------------------------------------------- TF Serving
 def test_rest_and_predict_request_bodies_give_the_same_outputs(exported, loaded):
-    from refinedet_tf.export import (outputs_to_rest_response, predict_request_to_inputs,
-                                     rest_request_to_inputs)
+    from refinedet_tf.export import outputs_to_rest_response, predict_request_to_inputs, rest_request_to_inputs
 
     signatures = loaded.signatures
     rng = np.random.RandomState(3)
@@ -284,7 +283,10 @@ def test_rest_and_predict_request_bodies_give_the_same_outputs(exported, loaded)
         "encoded_image": signatures["encoded_image"](input_tensor=tf.constant(jpeg)),
         "tf_example": signatures["tf_example"](input_tensor=tf.constant([_tf_example(j) for j in jpeg])),
     }
-    b64 = lambda data: {"b64": base64.b64encode(data).decode()}
+
+    def b64(data):
+        return {"b64": base64.b64encode(data).decode()}
+
     bodies = [
         {"instances": images.tolist()},  # signature_name defaults to serving_default
         {"signature_name": "serving_default", "instances": [{"input_tensor": i.tolist()} for i in images]},

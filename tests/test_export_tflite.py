@@ -11,8 +11,7 @@ from refinedet_tf import detect, generate_anchors, preprocess_images
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.export import TFLiteDetector, calibration_images, class_aware_nms, export_tflite
 from refinedet_tf.export.tflite import POSTPROCESS_FILE, make_interpreter
-from test_export_saved_model import (LABEL_IDS, MAX_DETECTIONS, assert_same_detections,
-                                     keras_detections, make_checkpoint)
+from test_export_saved_model import LABEL_IDS, MAX_DETECTIONS, assert_same_detections, keras_detections, make_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ def test_every_form_is_found(exported_demo_model):
     assert [form for form, _ in find_forms(exported_demo_model)] == FORMS
 
 
-def test_every_form_is_evaluated_on_the_same_images(exported_demo_model, tiny_trained_model_dir, synthetic_val_dir, tmp_path):
+def test_every_form_is_evaluated_on_the_same_images(exported_demo_model, tiny_trained_model_dir, synthetic_val_dir,
+                                                      tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "evaluate.py"), "--export_dir", exported_demo_model, "--checkpoint",
          tiny_trained_model_dir, "--data", synthetic_val_dir, "--split", "val", "--max_images", "12",

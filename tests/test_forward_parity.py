@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import refinedet_tf
+from detection_parity import assert_detections_agree
 from golden import load, reference_config, swap_xy
 from reference_forward import reference_forward
 from reference_weights import seeded_input, seeded_state_dict
-from detection_parity import assert_detections_agree
 
 FEATURES = [  # our layer, golden array
     ("conv4_3_l2norm", "feat/source0_conv4_3_l2norm"),

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_voc, textured
 
+from conftest import make_voc, textured
 from refinedet_tf.config import get_preset
 from refinedet_tf.data import inspect
 from refinedet_tf.data.anchor_fit import max_iou_with_anchors, size_buckets

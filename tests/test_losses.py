@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 import refinedet_tf
-from refinedet_tf.losses import normalize_loss_terms, refinedet_loss_terms
 from golden import ground_truth, head_outputs, load, reference_config
+from refinedet_tf.losses import normalize_loss_terms, refinedet_loss_terms
 
 REFERENCE = {"arm_loc": "arm_loss_l", "arm_conf": "arm_loss_c", "odm_loc": "odm_loss_l", "odm_conf": "odm_loss_c"}
 
@@ -121,7 +121,10 @@ def test_zero_area_box_is_ignored_like_padding(fixture):
 
 def test_bad_ground_truth_is_a_clear_error(fixture):
     _, config, anchors, outputs, (boxes, classes, mask) = fixture
-    loss = lambda b, c, m: refinedet_tf.refinedet_loss(outputs, b, c, m, anchors, config)
+
+    def loss(b, c, m):
+        return refinedet_tf.refinedet_loss(outputs, b, c, m, anchors, config)
+
     with pytest.raises(ValueError, match=r"expected gt_boxes_yxyx \[B, M, 4\], got shape \(2, 3, 3\)"):
         loss(boxes[..., :3], classes, mask)
     with pytest.raises(ValueError, match=r"expected gt_boxes_yxyx \[B, M, 4\]"):
@@ -166,7 +169,10 @@ def test_loss_compiles_with_xla_and_matches_eager(fixture, mining):
     # its body per image or box, so the graph would grow with B and M. Twice the images and
     # twice the (padded) boxes must give exactly the same XLA instructions, only wider.
     twice = {k: np.concatenate([v, v]) for k, v in outputs.items()}
-    pad = lambda x: np.concatenate([np.concatenate([x, np.zeros_like(x)], axis=1)] * 2)
+
+    def pad(x):
+        return np.concatenate([np.concatenate([x, np.zeros_like(x)], axis=1)] * 2)
+
     small = _hlo_opcodes(compiled, outputs, boxes, classes, mask)
     large = _hlo_opcodes(compiled, twice, pad(boxes), pad(classes), pad(mask))
     assert sum(small.values()) > 500 and "reduce" in small  # the pattern did parse the module

@@ -2,9 +2,9 @@ import numpy as np
 import tensorflow as tf
 
 import refinedet_tf
+from golden import ground_truth, load, reference_config, swap_xy
 from refinedet_tf import box_coding
 from refinedet_tf.matching import FORCED_MATCH_IOU, assign_targets, match_anchors
-from golden import ground_truth, load, reference_config, swap_xy
 
 
 def test_arm_and_odm_targets_equal_reference():

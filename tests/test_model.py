@@ -81,7 +81,10 @@ def test_tcb_batch_norm_normalizes_every_tcb_conv_and_drops_their_biases():
     # Same input/output contract; BN adds 2 trainable (and 2 moving) values per channel and drops
     # the bias: one extra value per channel of each of the 15 layers.
     channels = config.tcb_channels
-    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+
+    def trainable(m):
+        return sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+
     assert trainable(normed) - trainable(plain) == 15 * channels
     out = normed(tf.zeros([2, 128, 128, 3]), training=True)
     assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in plain(tf.zeros([2, 128, 128, 3])).items()}

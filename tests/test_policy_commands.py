@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 import pytest
-from conftest import coco_json_from_voc_items, make_voc, textured
-from test_evaluation_voc import _voc_eval_reference
 
+from conftest import coco_json_from_voc_items, make_voc, textured
 from refinedet_tf.data import prepare
 from refinedet_tf.data.report import BadExampleError
 from refinedet_tf.evaluation.command import EvalOptions, run
+from test_evaluation_voc import _voc_eval_reference
 
 SIZES = {"p": (40, 60), "q": (50, 50), "r": (30, 80)}  # (height, width)
 # VOC 1-based inclusive corners (name, xmin, ymin, xmax, ymax[, difficult]); "p" and "r" hold

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import RACCOON_DIR, TINY_ITEMS, TINY_SIZES, coco_json_from_voc_items
 
+from conftest import RACCOON_DIR, TINY_ITEMS, TINY_SIZES, coco_json_from_voc_items
 from refinedet_tf.data import load_label_map, prepare, tfrecord
 from refinedet_tf.data.voc import VocReader
 

@@ -3,8 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from refinedet_tf.data import example as ex
-from refinedet_tf.data import synthetic
+from refinedet_tf.data import example as ex, synthetic
 from refinedet_tf.data.voc import VocReader
 
 

@@ -29,7 +29,8 @@ images = rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
 # Replica 0 gets images 0-1 (3 boxes), replica 1 images 2-3 (1 box): their positive counts
 # differ, so only a global normalizer gives the single-device gradient.
 boxes = np.zeros((4, 2, 4), np.float32); classes = np.zeros((4, 2), np.int32); mask = np.zeros((4, 2), np.float32)
-for i, rows in enumerate([[[0.1, 0.1, 0.6, 0.5], [0.5, 0.5, 0.9, 0.95]], [[0.2, 0.3, 0.7, 0.8]], [[0.05, 0.05, 0.3, 0.4]], []]):
+for i, rows in enumerate([[[0.1, 0.1, 0.6, 0.5], [0.5, 0.5, 0.9, 0.95]], [[0.2, 0.3, 0.7, 0.8]],
+                          [[0.05, 0.05, 0.3, 0.4]], []]):
     for j, b in enumerate(rows):
         boxes[i, j] = b; classes[i, j] = 1 + (i + j) % 6; mask[i, j] = 1.0
 

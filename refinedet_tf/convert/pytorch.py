@@ -141,6 +141,7 @@ def read_state_dict(path):
 
 def main(argv):
     from absl import flags  # pylint: disable=import-outside-toplevel
+
     from refinedet_tf.config import get_preset  # pylint: disable=import-outside-toplevel
     from refinedet_tf.model import build_refinedet  # pylint: disable=import-outside-toplevel
 

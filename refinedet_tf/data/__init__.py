@@ -15,11 +15,15 @@ import glob
 import os
 
 from refinedet_tf.data.box_conventions import (
-    coco_xywh_to_normalized, normalized_to_coco_xywh, normalized_to_voc_pixels, voc_pixels_to_normalized)
+    coco_xywh_to_normalized,
+    normalized_to_coco_xywh,
+    normalized_to_voc_pixels,
+    voc_pixels_to_normalized,
+)
 from refinedet_tf.data.example import KEYS
-from refinedet_tf.data.report import BadExampleError, Report
 from refinedet_tf.data.label_map import LabelMap, load_label_map
 from refinedet_tf.data.policy import Policy
+from refinedet_tf.data.report import BadExampleError, Report
 
 FORMATS = ("voc", "coco", "tfrecord")
 

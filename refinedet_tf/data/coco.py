@@ -18,10 +18,10 @@ import collections
 import json
 import os
 
+from refinedet_tf.data.label_map import LabelMap, load_label_map
+from refinedet_tf.data.policy import Policy
 from refinedet_tf.data.reader import ExampleReader, RawBox
 from refinedet_tf.data.report import BadExampleError
-from refinedet_tf.data.policy import Policy
-from refinedet_tf.data.label_map import LabelMap, load_label_map
 
 
 class CocoReader(ExampleReader):

@@ -38,8 +38,8 @@ import sys
 import time
 
 from refinedet_tf.data import image_io
-from refinedet_tf.data.report import BadExampleError, Report
 from refinedet_tf.data.policy import ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP
+from refinedet_tf.data.report import BadExampleError, Report
 
 _DIRECTIVE = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[diouxX]")
 

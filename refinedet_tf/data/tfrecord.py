@@ -35,9 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.data.example import METADATA_KEYS
-from refinedet_tf.data.report import BadExampleError, Report
 from refinedet_tf.data.label_map import LabelMap, load_label_map
 from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, Policy, box_sides_pixels
+from refinedet_tf.data.report import BadExampleError, Report
 
 REQUIRED_KEYS = ("image/encoded", "image/height", "image/width")
 _BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax"))

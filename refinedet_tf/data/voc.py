@@ -18,10 +18,10 @@ import os
 import xml.etree.ElementTree as ET
 
 from refinedet_tf.data import image_io
+from refinedet_tf.data.label_map import LabelMap, default_label_map_path, load_label_map
+from refinedet_tf.data.policy import Policy
 from refinedet_tf.data.reader import ExampleReader, RawBox
 from refinedet_tf.data.report import BadExampleError
-from refinedet_tf.data.policy import Policy
-from refinedet_tf.data.label_map import LabelMap, default_label_map_path, load_label_map
 
 
 def is_voc_dir(path: str) -> bool:

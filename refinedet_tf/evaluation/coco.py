@@ -18,8 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from refinedet_tf.evaluation.results import resolve_category_ids, yxyx_to_coco_xywh
-from refinedet_tf.evaluation.voc import (
-    as_boxes, as_classes, as_detections, as_image_id, as_vector, check_class_names)
+from refinedet_tf.evaluation.voc import as_boxes, as_classes, as_detections, as_image_id, as_vector, check_class_names
 
 # Order of COCOeval.stats for iouType "bbox" (see COCOeval.summarize).
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -67,7 +66,8 @@ class COCOEvaluator:
         record = {
             "boxes": boxes,
             "classes": as_classes(classes, n, len(self.class_names), "ground-truth classes", image_id),
-            "is_crowd": np.zeros((n,), bool) if is_crowd is None else as_vector(is_crowd, n, "is_crowd", image_id, bool),
+            "is_crowd": (np.zeros((n,), bool) if is_crowd is None
+                         else as_vector(is_crowd, n, "is_crowd", image_id, bool)),
             "areas": None if areas is None else as_vector(areas, n, "areas", image_id, np.float64),
             "height": height,
             "width": width,
@@ -147,7 +147,8 @@ class COCOEvaluator:
                     "area": float(area),
                     "iscrowd": int(crowd),
                 })
-        categories = [{"id": self.category_ids[c], "name": self.class_names[c]} for c in range(1, len(self.class_names))]
+        categories = [{"id": self.category_ids[c], "name": self.class_names[c]}
+                      for c in range(1, len(self.class_names))]
         return {"images": images, "annotations": annotations, "categories": categories}
 
     def _load_results(self, coco_gt, internal_id):
@@ -166,7 +167,8 @@ class COCOEvaluator:
         # loadRes indexes results[0] and fails on an empty list; no detections is a valid
         # (all-zero) outcome, so build the empty results object directly.
         coco_dt = COCO()
-        coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+        coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                           "categories": list(coco_gt.dataset["categories"]), "annotations": []}
         coco_dt.createIndex()
         return coco_dt
 

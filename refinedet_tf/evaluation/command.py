@@ -15,8 +15,7 @@ from refinedet_tf.data.box_conventions import coco_xywh_to_normalized
 from refinedet_tf.evaluation.confusion import plot_confusion_matrix
 from refinedet_tf.evaluation.plots import plot_pr_curves
 from refinedet_tf.evaluation.report import format_ap_table
-from refinedet_tf.evaluation.results import (
-    coco_results_to_detections, read_coco_results, write_coco_results)
+from refinedet_tf.evaluation.results import coco_results_to_detections, read_coco_results, write_coco_results
 from refinedet_tf.evaluation.runner import DetectionEvaluation, ground_truth_targets, summary_map
 
 
@@ -102,7 +101,8 @@ def _model_detections(options, reader, names, stream):
             out = serve(input_tensor=tf.cast(example["image"], tf.uint8)[None])
             num = int(out["num_detections"][0])
             model_seconds += time.perf_counter() - t0
-            det = {"detection_boxes": out["detection_boxes"].numpy(), "detection_scores": out["detection_scores"].numpy(),
+            det = {"detection_boxes": out["detection_boxes"].numpy(),
+                   "detection_scores": out["detection_scores"].numpy(),
                    "detection_classes": out["detection_classes"].numpy().astype(np.int64),
                    "num_detections": np.array([num])}
             det["detection_classes"] = to_class_id(det["detection_classes"], 0)
@@ -239,5 +239,6 @@ def run(options, stream=None):
               + (", detections.json" if by_image is not None else "")
               + (f", {len(written)} PR curves" if written else ""), file=stream)
     headline = {m: summary_map(result, m) for m in options.metrics}
-    print("summary: " + ", ".join(f"{m} {'n/a' if v is None else f'{v:.4f}'}" for m, v in headline.items()), file=stream)
+    print("summary: " + ", ".join(f"{m} {'n/a' if v is None else f'{v:.4f}'}" for m, v in headline.items()),
+          file=stream)
     return metrics

@@ -27,7 +27,8 @@ def format_ap_table(result, decimals=4):
         return "n/a" if value is None else f"{value:.{decimals}f}"
 
     header = ["class", "#gt"] + metrics
-    rows = [[name, str(num_gt.get(name, "?"))] + [fmt(result[m]["per_class"].get(name)) for m in metrics] for name in names]
+    rows = [[name, str(num_gt.get(name, "?"))] + [fmt(result[m]["per_class"].get(name)) for m in metrics]
+            for name in names]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
 
     def line(cells):

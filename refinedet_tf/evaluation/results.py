@@ -178,7 +178,8 @@ def coco_results_to_detections(entries, category_ids=None):
     detections = {}
     for image_id, rows in grouped.items():
         boxes = coco_xywh_to_yxyx([r[0] for r in rows])
-        detections[image_id] = (boxes, np.array([r[1] for r in rows], np.float64), np.array([r[2] for r in rows], np.int64))
+        detections[image_id] = (boxes, np.array([r[1] for r in rows], np.float64),
+                                np.array([r[2] for r in rows], np.int64))
     return detections
 
 
@@ -210,7 +211,8 @@ def _validate_entry(path, index, entry, known_images, known_categories):
     score = entry["score"]
     if not _is_number(score) or not math.isfinite(score):
         raise ValueError(f"{where}: score must be a finite number, got {score!r}")
-    return {"image_id": image_id, "category_id": int(category_id), "bbox": [float(v) for v in bbox], "score": float(score)}
+    return {"image_id": image_id, "category_id": int(category_id), "bbox": [float(v) for v in bbox],
+            "score": float(score)}
 
 
 def _category_lookup(category_ids):

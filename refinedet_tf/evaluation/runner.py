@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
-from refinedet_tf.evaluation.confusion import ConfusionMatrix
 from refinedet_tf.evaluation.coco import COCOEvaluator
+from refinedet_tf.evaluation.confusion import ConfusionMatrix
 from refinedet_tf.evaluation.voc import VOCEvaluator
 
 VOC_METRICS = ("voc07", "voc12")

@@ -9,13 +9,19 @@ onnxruntime) and imports it only when called.
 """
 
 from refinedet_tf.export.nms import class_aware_nms, detect_builtin
-from refinedet_tf.export.saved_model import (
-    SIGNATURES, DetectionModule, SavedModelDetector, ServingRequestError, export_saved_model,
-    outputs_to_rest_response, predict_request_to_inputs, resize_and_preprocess,
-    rest_request_to_inputs)
-from refinedet_tf.export.tflite import (
-    QUANTIZATIONS, TFLiteDetector, calibration_images, export_tflite)
 from refinedet_tf.export.onnx import OnnxDetector, export_onnx
+from refinedet_tf.export.saved_model import (
+    SIGNATURES,
+    DetectionModule,
+    SavedModelDetector,
+    ServingRequestError,
+    export_saved_model,
+    outputs_to_rest_response,
+    predict_request_to_inputs,
+    resize_and_preprocess,
+    rest_request_to_inputs,
+)
+from refinedet_tf.export.tflite import QUANTIZATIONS, TFLiteDetector, calibration_images, export_tflite
 
 __all__ = [
     "QUANTIZATIONS", "SIGNATURES", "DetectionModule", "OnnxDetector", "SavedModelDetector",

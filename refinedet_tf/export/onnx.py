@@ -23,8 +23,14 @@ import tensorflow as tf
 from refinedet_tf.anchors import generate_anchors
 from refinedet_tf.export.nms import detect_builtin
 from refinedet_tf.export.saved_model import (
-    DEFAULT_MAX_DETECTIONS, INPUT_NAME, export_config, label_ids_table, read_model_files,
-    resize_and_preprocess, write_model_files)
+    DEFAULT_MAX_DETECTIONS,
+    INPUT_NAME,
+    export_config,
+    label_ids_table,
+    read_model_files,
+    resize_and_preprocess,
+    write_model_files,
+)
 
 DEFAULT_OPSET = 17
 ONNX_FILE = "refinedet.onnx"

@@ -42,8 +42,13 @@ from refinedet_tf.anchors import generate_anchors
 from refinedet_tf.data.image_io import IMAGE_EXTENSIONS
 from refinedet_tf.export.nms import detect_builtin
 from refinedet_tf.export.saved_model import (
-    DEFAULT_MAX_DETECTIONS, export_config, label_ids_table, read_model_files,
-    resize_and_preprocess, write_model_files)
+    DEFAULT_MAX_DETECTIONS,
+    export_config,
+    label_ids_table,
+    read_model_files,
+    resize_and_preprocess,
+    write_model_files,
+)
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "images"
@@ -95,7 +100,10 @@ def export_tflite(model, config, output_dir, quantization="fp32", representative
     if quantization == "int8":
         if representative_images is None:
             raise ValueError("int8 quantization needs representative_images (calibration data)")
-        network = lambda images: dict(model(images, training=False))
+
+        def network(images):
+            return dict(model(images, training=False))
+
         paths.append(_convert(model, network, input_spec, output_dir, quantization,
                               representative_images))
         num_anchors = len(anchors)
@@ -104,7 +112,10 @@ def export_tflite(model, config, output_dir, quantization="fp32", representative
             for name, channels in zip(HEAD_OUTPUTS, (4, 2, 4, config.num_classes))}
         paths.append(_convert_postprocess(postprocess, head_specs, output_dir))
     else:
-        detect_fn = lambda images: postprocess(model(images, training=False))
+
+        def detect_fn(images):
+            return postprocess(model(images, training=False))
+
         paths.append(_convert(model, detect_fn, input_spec, output_dir, quantization))
     write_model_files(output_dir, config, label_map)
     return paths

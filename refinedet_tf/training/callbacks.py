@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.evaluation.confusion import plot_confusion_matrix
-
 from refinedet_tf.training.trainer import LOSS_NAMES
 
 

@@ -23,8 +23,8 @@ from refinedet_tf.drawing import draw_boxes
 from refinedet_tf.preprocessing import unpreprocess_images
 from refinedet_tf.training import callbacks as cb
 from refinedet_tf.training.ema import UpdateWeightAverage, WeightAverage
-from refinedet_tf.training.precise_bn import recompute_batch_norm_statistics
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
+from refinedet_tf.training.precise_bn import recompute_batch_norm_statistics
 from refinedet_tf.training.strategy import make_strategy, synchronize_batch_norm
 from refinedet_tf.training.trainer import LOSS_NAMES, RefineDetTrainer
 
@@ -136,7 +136,8 @@ def _data_sources(options):
             on_bad_example=options.on_bad_example, purpose="evaluate")
     for name, reader in (("train", train_reader), ("val", val_reader)):
         if reader is not None:
-            _print(f"data ({name}, {reader.policy.purpose} policy):\n  " + reader.report.format(max_issues=10).replace("\n", "\n  "))
+            _print(f"data ({name}, {reader.policy.purpose} policy):\n  "
+                   + reader.report.format(max_issues=10).replace("\n", "\n  "))
     return train_reader, val_reader, list(label_map.names), label_map
 
 

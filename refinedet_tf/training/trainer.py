@@ -27,8 +27,8 @@ def _sum_over_replicas(values):
 class RefineDetTrainer(keras.Model):
     """Wraps the detector from `build_refinedet` for training.
 
-    `arm_only = True` is an optional ARM warm-up stage (this library's; the paper trains both steps end to end): only the
-    ARM losses are optimized and only the variables on the ARM path (backbone and ARM heads)
+    `arm_only = True` is an optional ARM warm-up stage (this library's; the paper trains both steps end to
+    end): only the ARM losses are optimized and only the variables on the ARM path (backbone and ARM heads)
     are updated; TCB and ODM weights stay untouched (no weight decay, no momentum either).
     """
 
