@@ -14,6 +14,7 @@ form (SavedModel, TFLite fp32/fp16/int8, ONNX) and the checkpoint on the same im
 of file size, mAP, ms/image and mAP drop against float32; --max_drop makes a larger drop exit 3.
 """
 
+import json
 import os
 import sys
 
@@ -44,11 +45,9 @@ flags.DEFINE_integer("max_images", None, "evaluate at most this many images")
 
 def evaluate_exports():
     """--export_dir: every exported form on the same images, one table (refinedet_tf/export/verify.py)."""
-    import json  # pylint: disable=import-outside-toplevel
-
-    from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.evaluation.command import print_data_report  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.export.verify import check_drops, evaluate_exports as run_all, format_table  # pylint: disable=import-outside-toplevel
+    from refinedet_tf import data as data_lib
+    from refinedet_tf.evaluation.command import print_data_report
+    from refinedet_tf.export.verify import check_drops, evaluate_exports as run_all, format_table
 
     fmt = FLAGS.format or data_lib.detect_format(FLAGS.data)
     reader = data_lib.open_reader(FLAGS.data, fmt, FLAGS.split if fmt == "voc" else None, FLAGS.label_map,
@@ -82,7 +81,7 @@ def main(argv):
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    from refinedet_tf.evaluation.command import EvalOptions, run  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.evaluation.command import EvalOptions, run
 
     options = EvalOptions(
         data=FLAGS.data, checkpoint=FLAGS.checkpoint, saved_model=FLAGS.saved_model, detections=FLAGS.detections,

@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defines the flags (only when run as a script, so that importing this module next to
     another script's flags cannot clash)."""
-    from refinedet_tf.data.policy import ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.data.policy import ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP
     flags.DEFINE_string("checkpoint", None, "model_dir (config.json + best/final.weights.h5), a "
                         "X.weights.h5 with X.config.json beside it, or a tf checkpoint prefix")
     flags.DEFINE_string("preset", None, "optional: check that the checkpoint is this preset")

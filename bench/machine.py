@@ -35,7 +35,7 @@ def describe_cpu():
 
 
 def describe():
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # The load says how much other processes took from the numbers (the machines are shared).

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from refinedet_tf.config import STRUCTURAL_FIELDS, RefineDetConfig, get_preset
 from refinedet_tf.data.label_map import default_label_map_path, load_label_map
+from refinedet_tf.model import build_refinedet
 
 CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "best.weights.h5"
@@ -93,8 +94,6 @@ def load_model(checkpoint, preset=None, **overrides):
     Returns:
       (keras.Model, RefineDetConfig).
     """
-    from refinedet_tf.model import build_refinedet  # pylint: disable=import-outside-toplevel
-
     weights, _ = resolve_checkpoint(checkpoint)
     config = config_for_checkpoint(checkpoint, preset, **overrides)
     # Weights come from the checkpoint: never download backbone weights to throw them away.

@@ -126,7 +126,7 @@ def _train(data, model_dir, steps):
 def _checkpoint(model_dir, step):
     """-> (trained weights, averages, num_updates) of checkpoint `step`, in trainable order."""
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints" / f"ckpt-{step}"))
-    from refinedet_tf.checkpoints import load_model  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.checkpoints import load_model
     model, _ = load_model(str(model_dir / "checkpoints" / f"ckpt-{step}"))
     trained = [v.numpy() for v in model.trainable_variables]
     averages = [reader.get_tensor(f"weight_average/averages/{i}/.ATTRIBUTES/VARIABLE_VALUE")
@@ -135,7 +135,7 @@ def _checkpoint(model_dir, step):
 
 
 def test_run_with_ema_resumes_its_average_and_saves_it(tmp_path):
-    from refinedet_tf.checkpoints import load_model  # pylint: disable=import-outside-toplevel
+    from refinedet_tf.checkpoints import load_model
 
     data = tiny_dataset(tmp_path / "data")
     model_dir = tmp_path / "run"

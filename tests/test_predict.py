@@ -14,7 +14,7 @@ from refinedet_tf.checkpoints import load_model
 from test_export_saved_model import LABEL_IDS, LABEL_NAMES, keras_detections, make_checkpoint, run_python
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import predict  # noqa: E402  pylint: disable=wrong-import-position
+import predict  # noqa: E402  (the repository root, where predict.py is, goes on sys.path first)
 
 THRESHOLD = 0.2
 

@@ -13,6 +13,10 @@ channels are reordered from the reference's (tx, ty, tw, th) to our (ty, tx, th,
 import os
 
 import numpy as np
+from absl import app, flags
+
+from refinedet_tf.config import get_preset
+from refinedet_tf.model import build_refinedet
 
 _VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _VGG_NAMES = tuple(f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
@@ -120,7 +124,7 @@ def num_classes_of(state_dict):
 def read_pth(path):
     """Reads a `.pth` state dict (needs the optional `torch` extra)."""
     try:
-        import torch  # pylint: disable=import-outside-toplevel
+        import torch  # noqa: PLC0415  optional extra (refinedet-tf[torch])
     except ImportError as error:
         raise ImportError("reading .pth files needs torch: pip install 'refinedet-tf[torch]'") from error
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -140,11 +144,6 @@ def read_state_dict(path):
 
 
 def main(argv):
-    from absl import flags  # pylint: disable=import-outside-toplevel
-
-    from refinedet_tf.config import get_preset  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.model import build_refinedet  # pylint: disable=import-outside-toplevel
-
     del argv
     FLAGS = flags.FLAGS
     state = read_state_dict(FLAGS.checkpoint)
@@ -168,13 +167,11 @@ def main(argv):
 
 
 def _define_flags():
-    from absl import flags  # pylint: disable=import-outside-toplevel
     flags.DEFINE_string("checkpoint", None, "RefineDet.PyTorch .pth (or .npz state dict)", required=True)
     flags.DEFINE_string("preset", "vgg16_320", "vgg16_320 or vgg16_512")
     flags.DEFINE_string("output", None, "output Keras weights file (.weights.h5)", required=True)
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=import-outside-toplevel
     _define_flags()
     app.run(main)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 
+from refinedet_tf.data import coco, tfrecord, voc
 from refinedet_tf.data.box_conventions import (
     coco_xywh_to_normalized,
     normalized_to_coco_xywh,
@@ -33,8 +34,6 @@ def detect_format(path_or_glob) -> str:
 
     Raises BadExampleError saying what was looked for.
     """
-    from refinedet_tf.data import tfrecord, voc
-
     if isinstance(path_or_glob, (list, tuple)):
         return "tfrecord"
     path = str(path_or_glob)
@@ -64,8 +63,6 @@ def open_reader(path_or_glob, format: str | None = None, split: str | None = Non
       **kwargs: reader options: the policy (on_bad_example, keep_empty, clip_boxes, purpose:
         see policy.py), check_images (VOC, COCO), image_dir (COCO).
     """
-    from refinedet_tf.data import coco, tfrecord, voc
-
     format = format or detect_format(path_or_glob)
     if format == "voc":
         return voc.VocReader(path_or_glob, split, label_map, **kwargs)

@@ -3,12 +3,12 @@ not absl's global FLAGS, so that `run(argv)` can be called from Python and tests
 
 from __future__ import annotations
 
+from absl import flags
+
 
 def parse_flags(argv, define_flags, doc, required, program, usage, stdout, stderr):
     """-> (parsed FlagValues, None), or (None, exit status) after printing help (0) or the
     problem, prefixed with `program`, and `usage` (2). `required` names flags that must be given."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
-
     fv = flags.FlagValues()
     define_flags(fv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):

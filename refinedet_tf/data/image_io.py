@@ -26,6 +26,7 @@ import os
 import struct
 
 import numpy as np
+import tensorflow as tf
 
 from refinedet_tf.data.report import BadExampleError
 
@@ -213,8 +214,6 @@ def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
     Raises:
       BadExampleError when the bytes are not an image or are truncated/corrupt.
     """
-    import tensorflow as tf  # deferred: header probing and annotation parsing need no TF
-
     probe_image(data, path)  # a clear "not an image" before TensorFlow's terser message
     try:
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -226,8 +225,6 @@ def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
 
 def encode_png(image_rgb: np.ndarray) -> bytes:
     """Lossless 8-bit RGB PNG bytes of uint8 [H, W, 3] pixels (deterministic)."""
-    import tensorflow as tf
-
     return tf.io.encode_png(np.ascontiguousarray(image_rgb, np.uint8)).numpy()
 
 

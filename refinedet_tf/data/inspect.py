@@ -26,8 +26,12 @@ import os
 import sys
 
 import numpy as np
+from absl import flags
 
+from refinedet_tf import data as data_lib
+from refinedet_tf.config import get_preset, parse_overrides
 from refinedet_tf.data.anchor_fit import anchor_fit, box_sizes_pixels, suggest_anchor_sizes
+from refinedet_tf.data.cli import parse_flags
 from refinedet_tf.data.policy import MIN_TRAIN_BOX_PIXELS, ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP, box_sides_pixels
 
 SUGGESTION_SAMPLE = 20_000  # boxes the anchor-size search scores each candidate on
@@ -136,10 +140,10 @@ def format_result(result):
 def write_plots(result, metadata, config, output_dir):
     """box_sizes.png and aspect_ratios.png; [] without matplotlib."""
     try:
-        import matplotlib  # pylint: disable=import-outside-toplevel
+        import matplotlib  # noqa: PLC0415  optional (plot extra); Agg is chosen before pyplot loads
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-        import matplotlib.ticker  # pylint: disable=import-outside-toplevel
+        import matplotlib.pyplot as plt  # noqa: PLC0415  optional (plot extra), after matplotlib.use
+        import matplotlib.ticker  # noqa: PLC0415  optional (plot extra)
     except ImportError:
         return []
     boxes, _ = trainable_boxes(metadata)
@@ -177,8 +181,6 @@ def write_plots(result, metadata, config, output_dir):
 
 
 def _define_flags(fv):
-    from absl import flags  # pylint: disable=import-outside-toplevel
-
     flags.DEFINE_string("data", None, "VOC folder, COCO .json or TFRecord file/glob/folder", flag_values=fv)
     flags.DEFINE_string("split", None, "VOC split (ImageSets/Main/<split>.txt; default: all)", flag_values=fv)
     flags.DEFINE_string("label_map", None, "label map (default: the data set's own)", flag_values=fv)
@@ -191,10 +193,6 @@ def _define_flags(fv):
 
 def run(argv, stdout=None, stderr=None) -> int:
     """Runs the command with `argv` (argv[0] is the program name); returns the exit status."""
-    from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.config import get_preset, parse_overrides  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.data.cli import parse_flags  # pylint: disable=import-outside-toplevel
-
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     fv, status = parse_flags(argv, _define_flags, __doc__, ("data",), "inspect",
                              "python -m refinedet_tf.data.inspect --data ... [--output_dir ...]", stdout, stderr)

@@ -37,7 +37,11 @@ import re
 import sys
 import time
 
-from refinedet_tf.data import image_io
+import tensorflow as tf
+from absl import flags
+
+from refinedet_tf.data import coco, image_io, tfrecord, voc
+from refinedet_tf.data.cli import parse_flags
 from refinedet_tf.data.policy import ON_BAD_EXAMPLE, ON_BAD_EXAMPLE_HELP
 from refinedet_tf.data.report import BadExampleError, Report
 
@@ -85,8 +89,6 @@ def encode_record(meta: dict, label_map) -> tuple[bytes, list[tuple[str, str]]]:
     Raises:
       BadExampleError naming the image file (missing, corrupt, size mismatch).
     """
-    from refinedet_tf.data import tfrecord
-
     loaded = image_io.load_image(
         meta["image_path"], (int(meta["height"]), int(meta["width"])), meta["annotation_path"])
     issues = list(loaded.issues)
@@ -114,8 +116,6 @@ def prepare(reader, output: str, num_shards: int = 1, num_workers: int | None = 
     Raises:
       BadExampleError under on_bad_example="error"; no shard is left behind then.
     """
-    import tensorflow as tf
-
     stream = stream or sys.stderr
     paths = shard_paths(output, num_shards)
     num_workers = num_workers or min(8, os.cpu_count() or 1)
@@ -219,8 +219,6 @@ class _Progress:
 
 
 def _define_flags(fv):
-    from absl import flags
-
     flags.DEFINE_enum("format", None, ["voc", "coco"], "Input format (default: detected).", flag_values=fv)
     flags.DEFINE_string("input", None, "VOC folder (with Annotations/) or COCO instances JSON.", flag_values=fv)
     flags.DEFINE_string("image_dir", None, "COCO: folder of the images (default: guessed).", flag_values=fv)
@@ -238,9 +236,6 @@ def _define_flags(fv):
 
 def run(argv, stdout=None, stderr=None) -> int:
     """Runs the command with `argv` (argv[0] is the program name); returns the exit status."""
-    from refinedet_tf.data import coco, voc
-    from refinedet_tf.data.cli import parse_flags
-
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     fv, status = parse_flags(argv, _define_flags, __doc__, ("input", "output"), "prepare",
                              "python -m refinedet_tf.data.prepare --input ... --output ...", stdout, stderr)

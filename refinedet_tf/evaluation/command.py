@@ -11,12 +11,17 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from refinedet_tf import data as data_lib
+from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.checkpoints import config_for_checkpoint, load_model
 from refinedet_tf.data.box_conventions import coco_xywh_to_normalized
+from refinedet_tf.data.pipeline import make_dataset
 from refinedet_tf.evaluation.confusion import plot_confusion_matrix
 from refinedet_tf.evaluation.plots import plot_pr_curves
 from refinedet_tf.evaluation.report import format_ap_table
 from refinedet_tf.evaluation.results import coco_results_to_detections, read_coco_results, write_coco_results
 from refinedet_tf.evaluation.runner import DetectionEvaluation, ground_truth_targets, summary_map
+from refinedet_tf.postprocess import detect
 
 
 @dataclasses.dataclass
@@ -78,11 +83,6 @@ def _detections_from_file(options, reader, names, is_coco):
 
 def _model_detections(options, reader, names, stream):
     """Runs a checkpoint or SavedModel over the images; returns (evaluation, detections by image, speed)."""
-    from refinedet_tf.anchors import generate_anchors  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.checkpoints import load_model  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.data.pipeline import make_dataset  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.postprocess import detect  # pylint: disable=import-outside-toplevel
-
     dataset_ids = list(reader.label_map.dataset_ids)
     evaluation = DetectionEvaluation(names, options.metrics, category_ids=dataset_ids)
     examples = reader.as_dataset()
@@ -189,8 +189,6 @@ def _ap_table_rows(result):
 
 def run(options, stream=None):
     """Evaluates; prints the per-class table; writes outputs. Returns the metrics dict."""
-    from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
-
     stream = stream or sys.stdout
     sources = [s for s in (options.checkpoint, options.saved_model, options.detections) if s]
     if len(sources) != 1:
@@ -203,7 +201,6 @@ def run(options, stream=None):
     print_data_report(reader, stream)
     names = list(reader.label_map.names)
     if options.checkpoint:
-        from refinedet_tf.checkpoints import config_for_checkpoint  # pylint: disable=import-outside-toplevel
         config = config_for_checkpoint(options.checkpoint, options.preset)
         if config.num_classes != len(names):
             raise ValueError(

@@ -83,11 +83,11 @@ def plot_confusion_matrix(confusion, path=None):
     the colours. Writes a PNG to `path` and returns it, or returns the RGB image (uint8
     [H, W, 3]) when `path` is None; None without matplotlib (the optional `plot` extra)."""
     try:
-        import matplotlib  # pylint: disable=import-outside-toplevel
+        import matplotlib  # noqa: PLC0415  optional (plot extra)
     except ImportError:
         return None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt  # noqa: PLC0415  optional (plot extra), after matplotlib.use
 
     matrix = np.asarray(confusion["matrix"])
     names = ["background"] + list(confusion["classes"][1:])

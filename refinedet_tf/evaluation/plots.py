@@ -17,13 +17,13 @@ def plot_pr_curves(pr_data, output_dir):
       printed saying so, since plotting is optional and must not stop an evaluation).
     """
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415  optional (plot extra)
     except ImportError:
         print("matplotlib not installed: PR curves skipped")
         return []
     # Agg renders to files without a display (servers, CI); set before pyplot is imported.
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  optional (plot extra), after matplotlib.use
 
     os.makedirs(output_dir, exist_ok=True)
     paths = []

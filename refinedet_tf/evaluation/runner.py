@@ -13,14 +13,13 @@ from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
 from refinedet_tf.evaluation.coco import COCOEvaluator
 from refinedet_tf.evaluation.confusion import ConfusionMatrix
 from refinedet_tf.evaluation.voc import VOCEvaluator
+from refinedet_tf.postprocess import detect
 
 VOC_METRICS = ("voc07", "voc12")
 
 
 def make_predict_fn(detector, anchors_yxyx, config, max_detections=None):
     """tf.function: preprocessed images [B, S, S, 3] -> `postprocess.detect` dict."""
-    from refinedet_tf.postprocess import detect  # pylint: disable=import-outside-toplevel
-
     @tf.function(reduce_retracing=True)
     def predict(images):
         return detect(detector(images, training=False), anchors_yxyx, config, max_detections=max_detections)

@@ -38,7 +38,7 @@ ONNX_FILE = "refinedet.onnx"
 
 def _require_tf2onnx():
     try:
-        import tf2onnx  # pylint: disable=import-outside-toplevel
+        import tf2onnx  # noqa: PLC0415  optional (onnx extra)
     except ImportError as e:
         raise ImportError("ONNX export needs tf2onnx: pip install 'refinedet-tf[onnx]'") from e
     return tf2onnx
@@ -85,7 +85,7 @@ class OnnxDetector:
     """
 
     def __init__(self, path, num_threads=2):
-        import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+        import onnxruntime as ort  # noqa: PLC0415  optional (onnx extra)
 
         self.config, self.class_names, self.label_ids = read_model_files(
             os.path.dirname(os.path.abspath(path)))

@@ -46,6 +46,8 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.config import RefineDetConfig
+from refinedet_tf.data.label_map import load_label_map
 from refinedet_tf.postprocess import decode, detect
 from refinedet_tf.preprocessing import preprocess_images
 
@@ -277,8 +279,6 @@ def write_model_files(folder, config, label_map=None):
 def read_model_files(folder):
     """(config, class names [C] with "background" first, label-map ids [C]) from the files
     `write_model_files` wrote (labelmap files optional: class_k names and ids 0..C-1)."""
-    from refinedet_tf.config import RefineDetConfig  # pylint: disable=import-outside-toplevel
-
     path = os.path.join(folder, CONFIG_ASSET)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the export writes it beside the model")
@@ -289,7 +289,6 @@ def read_model_files(folder):
     pbtxt = os.path.join(folder, LABELMAP_PBTXT_ASSET)
     txt = os.path.join(folder, LABELMAP_ASSET)
     if os.path.isfile(pbtxt) or os.path.isfile(txt):
-        from refinedet_tf.data.label_map import load_label_map  # pylint: disable=import-outside-toplevel
         label_map = load_label_map(pbtxt if os.path.isfile(pbtxt) else txt)
         names, ids = list(label_map.names), list(label_map.dataset_ids)
     return config, names, ids

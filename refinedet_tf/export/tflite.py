@@ -35,9 +35,11 @@ import glob
 import os
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from refinedet_tf import data as data_lib
 from refinedet_tf.anchors import generate_anchors
 from refinedet_tf.data.image_io import IMAGE_EXTENSIONS
 from refinedet_tf.export.nms import detect_builtin
@@ -125,8 +127,6 @@ def _convert(model, fn, input_spec, output_dir, quantization, representative_ima
     """Keras model + tf function -> .tflite. Goes through a Keras `ExportArchive` SavedModel:
     converting a plain tf.function or tf.Module leaves Keras 3 variables as TFLite resource
     variables (unfrozen, READ_VARIABLE ops); the archive's SavedModel gets them frozen."""
-    import keras  # pylint: disable=import-outside-toplevel
-
     with tempfile.TemporaryDirectory() as tmp:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -217,10 +217,8 @@ def _iter_rgb_images(path, split, label_map, on_bad_example, report_stream):
         for name in files:
             yield _decode_file(name)
         return
-    from refinedet_tf import data  # pylint: disable=import-outside-toplevel
-
-    reader = data.open_reader(path, split=split, label_map=label_map, on_bad_example=on_bad_example,
-                              purpose="evaluate")
+    reader = data_lib.open_reader(path, split=split, label_map=label_map, on_bad_example=on_bad_example,
+                                  purpose="evaluate")
     if report_stream is not None:
         print(f"calibration data {path}:\n  " + reader.report.format(max_issues=10).replace("\n", "\n  "),
               file=report_stream)
@@ -257,7 +255,7 @@ def _decode_file(path):
 def make_interpreter(model_path, num_threads=2):
     """LiteRT's interpreter (`ai-edge-litert`) when installed, else TensorFlow's."""
     try:
-        from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415  optional (export extra)
     except ImportError:
         Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
     interpreter = Interpreter(model_path=model_path, num_threads=num_threads)

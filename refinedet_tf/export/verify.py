@@ -20,9 +20,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.checkpoints import load_model
 from refinedet_tf.evaluation.runner import DetectionEvaluation, ground_truth_targets, summary_map
+from refinedet_tf.export.onnx import OnnxDetector
 from refinedet_tf.export.saved_model import read_model_files, resize_and_preprocess
 from refinedet_tf.export.tflite import POSTPROCESS_FILE, TFLiteDetector
+from refinedet_tf.postprocess import detect
 
 
 @dataclasses.dataclass
@@ -68,8 +72,6 @@ def _detector(form, path):
         return (lambda image: {k: v.numpy() for k, v in serve(input_tensor=tf.constant(image[None])).items()},
                 label_ids)
     if form == "onnx":
-        from refinedet_tf.export.onnx import OnnxDetector  # pylint: disable=import-outside-toplevel
-
         detector = OnnxDetector(path)
         return detector, detector.label_ids
     detector = TFLiteDetector(path)
@@ -77,10 +79,6 @@ def _detector(form, path):
 
 
 def _checkpoint_detector(checkpoint, max_detections, preset=None):
-    from refinedet_tf.anchors import generate_anchors  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.checkpoints import load_model  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.postprocess import detect  # pylint: disable=import-outside-toplevel
-
     model, config = load_model(checkpoint, preset=preset)
     anchors = generate_anchors(config)
 

@@ -15,11 +15,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from refinedet_tf import checkpoints
+from refinedet_tf import checkpoints, data as data_lib
 from refinedet_tf.anchors import generate_anchors
 from refinedet_tf.config import STRUCTURAL_FIELDS, RefineDetConfig, get_preset, recipe_for
 from refinedet_tf.data.inspect import anchor_warning, check_anchors
+from refinedet_tf.data.pipeline import loss_targets, make_dataset, make_distributed_dataset
+from refinedet_tf.data.synthetic import ensure_synthetic_dataset
 from refinedet_tf.drawing import draw_boxes
+from refinedet_tf.evaluation.runner import evaluate_dataset, make_predict_fn
+from refinedet_tf.model import build_refinedet
 from refinedet_tf.preprocessing import unpreprocess_images
 from refinedet_tf.training import callbacks as cb
 from refinedet_tf.training.ema import UpdateWeightAverage, WeightAverage
@@ -113,12 +117,9 @@ def _data_sources(options):
     images skipped), the validation set with the evaluation one (every box the protocol counts),
     both with `options.on_bad_example` (data/policy.py); each reader's report is printed.
     """
-    from refinedet_tf import data as data_lib  # pylint: disable=import-outside-toplevel
-
     train_path, val_path = options.data, options.val_data
     split, val_split = options.split, options.val_split
     if train_path is None:
-        from refinedet_tf.data.synthetic import ensure_synthetic_dataset  # pylint: disable=import-outside-toplevel
         train_path = ensure_synthetic_dataset()
         _print(f"data: the embedded synthetic dataset at {train_path}")
         if val_path is None:
@@ -209,9 +210,6 @@ def train(options, stream=None, extra_callbacks=()):
     their (identical) checkpoints to a scratch folder, as MultiWorkerMirroredStrategy requires
     every worker to take part in saving.
     """
-    from refinedet_tf.data.pipeline import loss_targets, make_dataset, make_distributed_dataset  # pylint: disable=import-outside-toplevel
-    from refinedet_tf.evaluation.runner import evaluate_dataset, make_predict_fn  # pylint: disable=import-outside-toplevel
-
     stream = stream or sys.stdout
     start_time = time.time()
     get_preset(options.preset, **options.config_overrides)  # a bad --config fails before any data is read
@@ -257,7 +255,6 @@ def train(options, stream=None, extra_callbacks=()):
         f.write("".join(n + "\n" for n in class_names[1:]))
 
     with strategy.scope():
-        from refinedet_tf.model import build_refinedet  # pylint: disable=import-outside-toplevel
         detector = build_refinedet(config)
         if options.freeze_backbone:
             _freeze_backbone(detector)

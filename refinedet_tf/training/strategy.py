@@ -6,6 +6,8 @@ import sys
 
 import tensorflow as tf
 
+from refinedet_tf.model import batch_norm_layers
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -35,8 +37,6 @@ def make_strategy(name, stream=None):
 def synchronize_batch_norm(model):
     """Makes every BatchNormalization layer compute its batch statistics over all replicas
     (Keras' `synchronized=True`), as a detector's small per-replica batches need."""
-    from refinedet_tf.model import batch_norm_layers  # pylint: disable=import-outside-toplevel
-
     layers = batch_norm_layers(model)
     for layer in layers:
         layer.synchronized = True
