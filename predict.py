@@ -168,7 +168,7 @@ def coco_image_id(path):
     return int(stem) if stem.isdigit() else stem
 
 
-def predict(paths, predictor, output_dir=None, coco_results=None, score_threshold=0.3, stream=None):
+def predict(paths, predictor, output_dir=None, coco_results=None, score_threshold=0.3):
     """Runs `predictor` on every image; writes drawings + JSON, or the COCO results file.
 
     Returns (number of images done, list of (path, error) for images that could not be read).

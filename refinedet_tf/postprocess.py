@@ -1,6 +1,6 @@
 """Two-step decoding and non-maximum suppression (the reference's DetectionOutput).
 
-`decode` stays differentiable-free pure math and compiles with XLA; `detect` adds
+`decode` is pure tensor arithmetic (no data-dependent shapes) and compiles with XLA; `detect` adds
 `tf.image.combined_non_max_suppression`, which XLA does not compile (call it outside
 `jit_compile`, or let `tf.function` place it). The TFLite export swaps in a built-in-only NMS.
 """

@@ -81,7 +81,7 @@ def _detections_from_file(options, reader, names, is_coco):
     return evaluation, None, None
 
 
-def _model_detections(options, reader, names, stream):
+def _model_detections(options, reader, names):
     """Runs a checkpoint or SavedModel over the images; returns (evaluation, detections by image, speed)."""
     dataset_ids = list(reader.label_map.dataset_ids)
     evaluation = DetectionEvaluation(names, options.metrics, category_ids=dataset_ids)
@@ -209,7 +209,7 @@ def run(options, stream=None):
     if options.detections:
         evaluation, by_image, speed = _detections_from_file(options, reader, names, fmt == "coco")
     else:
-        evaluation, by_image, speed = _model_detections(options, reader, names, stream)
+        evaluation, by_image, speed = _model_detections(options, reader, names)
     result = evaluation.result()
     print(_ap_table_rows(result), file=stream)
     print(format_diagnostics(result), file=stream)

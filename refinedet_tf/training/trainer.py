@@ -43,7 +43,7 @@ class RefineDetTrainer(keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Under a strategy Keras averages a first distributed batch over the replicas to build
         # the model symbolically; MultiWorkerMirroredStrategy's reduce fails on a dict of
-        # tensors. Nothing is left to build once the optimizer is (train.py builds it), and the
+        # tensors. Nothing is left to build once the optimizer is (training/run.py builds it), and the
         # loss and metrics are our own, so that pass is skipped.
         if self.built and getattr(self.optimizer, "built", False):
             return
