@@ -72,7 +72,7 @@ flags.DEFINE_integer("max_eval_images", None, "evaluate on at most this many val
 
 def options_from_flags():
     from refinedet_tf.config import parse_overrides
-    from refinedet_tf.training.run import DEMO_PRESET, TrainOptions
+    from refinedet_tf.training.options import DEMO_PRESET, TrainOptions
 
     overrides = parse_overrides(FLAGS.config)
     for name in ("num_classes", "image_size", "mining", "negative_filtering", "backbone_weights"):
@@ -103,7 +103,8 @@ def options_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    from refinedet_tf.training.run import print_summary, train
+    from refinedet_tf.training.run import train
+    from refinedet_tf.training.summary import print_summary
 
     try:
         options = options_from_flags()

@@ -13,7 +13,7 @@ For each preset (at its own image size) and each of jit_compile False / True:
   * bwd+upd:  NOT measured on its own: the full step minus forward minus loss, i.e. the
               gradient through the network, the SGD update (momentum, weight decay) and
               whatever the step does beyond the two parts timed separately;
-  * step:     `RefineDetTrainer.train_step` (forward + loss + gradient + apply_gradients, the
+  * step:     `DetectorTrainer.train_step` (forward + loss + gradient + apply_gradients, the
               optimizer of `make_optimizer`) in a tf.function, on a fixed batch (no input).
 Every function gets one warm-up call (tracing, XLA compilation: the step's is reported as
 "1st step"), then `--repeats` rounds each time forward, loss and step of both jit settings in
@@ -39,11 +39,12 @@ import tensorflow as tf  # noqa: E402
 
 import refinedet_tf  # noqa: E402
 from bench.machine import describe  # noqa: E402
+from refinedet_tf.architectures import RefineDet  # noqa: E402
 from refinedet_tf.data import read_dataset  # noqa: E402
 from refinedet_tf.data.pipeline import loss_targets, make_dataset  # noqa: E402
 from refinedet_tf.data.synthetic import ensure_synthetic_dataset  # noqa: E402
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer  # noqa: E402
-from refinedet_tf.training.trainer import RefineDetTrainer  # noqa: E402
+from refinedet_tf.training.trainer import DetectorTrainer  # noqa: E402
 
 DEFAULT_PRESETS = ("vgg16_320", "mobilenetv2_320")
 INPUT_BATCHES_PER_WINDOW = 5
@@ -111,12 +112,12 @@ def input_seconds(examples, config, batch_size, repeats, num_parallel_calls=tf.d
 
 
 def make_trainer(config, batch_size):
-    """A RefineDetTrainer with train.py's optimizer (SGD momentum 0.9, weight decay 5e-4)."""
-    trainer = RefineDetTrainer(refinedet_tf.build_refinedet(config), config)
+    """A DetectorTrainer with train.py's optimizer (SGD momentum 0.9, weight decay 5e-4)."""
+    architecture = RefineDet(config)
+    trainer = DetectorTrainer(architecture.build_model(), architecture)
     schedule = WarmupSchedule(default_lr(batch_size), total_steps=10_000)
     optimizer = make_optimizer(schedule)
-    trainer.compile(optimizer=optimizer)
-    optimizer.build(trainer.trainable_variables)
+    trainer.compile(optimizer=optimizer)  # builds the optimizer
     return trainer
 
 
@@ -137,14 +138,14 @@ def time_model(trainer, images, targets, repeats, jit_compiles=(False, True)):
     rounds of step - forward - loss), step_min, step_max, step_first (the warm-up call:
     tracing, XLA compilation and one step)}.
     """
-    config = trainer.config
+    config = trainer.architecture.config
     detector = trainer.detector
     mask = tf.cast(targets["mask"], tf.bool)
     fns, results, outputs = {}, {}, None
     for jit in jit_compiles:
         forward = tf.function(lambda x: detector(x, training=True), jit_compile=jit)
         loss = tf.function(
-            lambda o, b, c, m: refinedet_tf.refinedet_loss(o, b, c, m, trainer.anchors_yxyx, config),
+            lambda o, b, c, m: refinedet_tf.refinedet_loss(o, b, c, m, trainer.architecture.anchors_yxyx, config),
             jit_compile=jit)
         step = tf.function(trainer.train_step, jit_compile=jit)
         warm = forward(images)
@@ -168,7 +169,7 @@ def time_model(trainer, images, targets, repeats, jit_compiles=(False, True)):
 
 
 def train_step_seconds(config, batch_size, repeats=3, jit_compile=False, examples=None):
-    """Median seconds of one full training step (`RefineDetTrainer.train_step` in a
+    """Median seconds of one full training step (`DetectorTrainer.train_step` in a
     tf.function) at `batch_size`, on a batch of the training pipeline (input not included)."""
     examples = cached_synthetic_examples() if examples is None else examples
     batches = training_batches(examples, config, batch_size)

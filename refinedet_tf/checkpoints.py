@@ -16,9 +16,9 @@ import os
 
 import tensorflow as tf
 
-from refinedet_tf.config import STRUCTURAL_FIELDS, RefineDetConfig, get_preset
+from refinedet_tf.architectures import architecture_for
+from refinedet_tf.config import RefineDetConfig, get_preset
 from refinedet_tf.data.label_map import default_label_map_path, load_label_map
-from refinedet_tf.model import build_refinedet
 
 CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "best.weights.h5"
@@ -74,7 +74,8 @@ def config_for_checkpoint(checkpoint, preset=None, **overrides):
     if preset is not None:
         wanted = get_preset(preset, **{k: v for k, v in overrides.items() if k == "num_classes"})
         # The preset's own num_classes is VOC's: compared only when the caller names one.
-        structural = [f for f in STRUCTURAL_FIELDS if f != "num_classes" or "num_classes" in overrides]
+        structural = [f for f in architecture_for(saved).structural_fields
+                      if f != "num_classes" or "num_classes" in overrides]
         diff = [f"{f}: checkpoint {getattr(saved, f)} vs preset {getattr(wanted, f)}"
                 for f in structural if getattr(saved, f) != getattr(wanted, f)]
         if diff:
@@ -98,7 +99,7 @@ def load_model(checkpoint, preset=None, **overrides):
     config = config_for_checkpoint(checkpoint, preset, **overrides)
     # Weights come from the checkpoint: never download backbone weights to throw them away.
     config = dataclasses.replace(config, backbone_weights="none")
-    model = build_refinedet(config)
+    model = architecture_for(config).build_model()
     if weights.endswith(".weights.h5"):
         model.load_weights(weights)
     else:

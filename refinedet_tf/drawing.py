@@ -6,6 +6,8 @@ import colorsys
 import cv2
 import numpy as np
 
+from refinedet_tf.preprocessing import unpreprocess_images
+
 
 def class_colour(class_id):
     """A distinct, stable RGB colour per class id (golden-ratio steps around the hue circle)."""
@@ -45,3 +47,29 @@ def draw_boxes(image_rgb, boxes_yxyx, colours, labels=None, thickness=None):
         cv2.putText(canvas, labels[i], (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return canvas
+
+
+def draw_ground_truth_and_detections(images, targets, detections, config, class_names, limit,
+                                      min_score=0.3):
+    """Up to `limit` preprocessed images of a batch with their true (red) and detected (green, score
+    >= min_score) boxes, as float32 RGB in [0, 1] (what tf.summary.image takes).
+
+    Args:
+      images: [B, S, S, 3] preprocessed (`preprocessing.preprocess_images` of `config`).
+      targets: dict boxes [B, M, 4] normalized yxyx, mask [B, M].
+      detections: the dict of `Architecture.detect`.
+    """
+    pixels = np.asarray(unpreprocess_images(images[:limit], config))
+    out = []
+    for i in range(pixels.shape[0]):
+        rgb = np.clip(pixels[i], 0, 255).astype(np.uint8)
+        valid = np.asarray(targets["mask"][i])
+        rgb = draw_boxes(rgb, np.asarray(targets["boxes"][i])[valid], (255, 0, 0))
+        n = int(detections["num_detections"][i])
+        scores = np.asarray(detections["detection_scores"][i][:n])
+        keep = scores >= min_score
+        labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(
+            np.asarray(detections["detection_classes"][i][:n])[keep], scores[keep])]
+        rgb = draw_boxes(rgb, np.asarray(detections["detection_boxes"][i][:n])[keep], (0, 255, 0), labels)
+        out.append(rgb.astype(np.float32) / 255.0)
+    return out

@@ -1,4 +1,4 @@
-"""Layers that Keras does not provide."""
+"""Layers that Keras does not provide, and finding layers inside a model."""
 
 import keras
 from keras import ops
@@ -28,3 +28,14 @@ class L2Normalization(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "init_scale": self.init_scale, "epsilon": self.epsilon}
+
+
+def batch_norm_layers(model):
+    """Every BatchNormalization layer of `model`, nested models included (in layer order)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(batch_norm_layers(layer))
+    return found

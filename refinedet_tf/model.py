@@ -4,6 +4,7 @@ import keras
 
 from refinedet_tf.backbones import backbone_sources
 from refinedet_tf.heads import anchor_refinement_module, object_detection_module, transfer_connection_blocks
+from refinedet_tf.layers import batch_norm_layers
 
 BATCH_NORM_MOMENTUM = 0.99
 
@@ -36,8 +37,3 @@ def build_refinedet(config):
         layer.momentum = BATCH_NORM_MOMENTUM
     return model
 
-
-def batch_norm_layers(model):
-    """Every BatchNormalization layer of `model`, nested models included."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
-            if isinstance(layer, keras.layers.BatchNormalization)]

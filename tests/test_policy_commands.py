@@ -96,10 +96,10 @@ def test_voc_eval_reference_sees_the_one_pixel_boxes():
 
 
 def test_training_drops_and_counts_the_one_pixel_boxes_in_every_format(one_pixel_set, tmp_path, capsys):
-    from refinedet_tf.training import run as run_lib
+    from refinedet_tf.training import options as options_lib, run as run_lib
 
     for form in ("voc", "coco", "tfrecord"):
-        options = run_lib.TrainOptions(data=one_pixel_set[form], val_data=one_pixel_set[form], split=None,
+        options = options_lib.TrainOptions(data=one_pixel_set[form], val_data=one_pixel_set[form], split=None,
                                        val_split=None, model_dir=str(tmp_path / form))
         train, val, names, _ = run_lib._data_sources(options)  # pylint: disable=protected-access
         assert names == ["background", "cat", "dog"]
@@ -109,9 +109,9 @@ def test_training_drops_and_counts_the_one_pixel_boxes_in_every_format(one_pixel
         assert val.report.boxes == 7 and val.report.count("tiny_box") == 3, form
         printed = capsys.readouterr().out
         assert "small_box: 3" in printed and "tiny_box: 3" in printed
-        assert run_lib.config_for_data(options, names).num_classes == 3  # from the label map
+        assert options_lib.config_for_data(options, names).num_classes == 3  # from the label map
     with pytest.raises(ValueError, match="has 2 classes .* but --num_classes is 5"):
-        run_lib.config_for_data(run_lib.TrainOptions(config_overrides={"num_classes": 5}), names)
+        options_lib.config_for_data(options_lib.TrainOptions(config_overrides={"num_classes": 5}), names)
 
 
 def test_evaluate_names_a_bad_example_or_skips_it(one_pixel_set, tmp_path):

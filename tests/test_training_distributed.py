@@ -22,7 +22,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras, numpy as np, refinedet_tf
 from refinedet_tf.training.optimizer import make_optimizer
 from refinedet_tf.training.strategy import synchronize_batch_norm
-from refinedet_tf.training.trainer import RefineDetTrainer
+from refinedet_tf.architectures import RefineDet
+from refinedet_tf.training.trainer import DetectorTrainer
 
 rng = np.random.default_rng(0)
 images = rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
@@ -44,11 +45,12 @@ def run(strategy, config, initial, steps):
         detector.set_weights(initial)
         if strategy.num_replicas_in_sync > 1:
             synchronize_batch_norm(detector)
-        trainer = RefineDetTrainer(detector, config)
+    trainer = DetectorTrainer(detector, RefineDet(config))  # outside the scope, as training/run.py
+    with strategy.scope():
         trainer.compile(optimizer=make_optimizer(0.01, momentum=0.9, weight_decay=5e-4))
-    record = Record()
-    data = tf.data.Dataset.from_tensors((images, {"boxes": boxes, "classes": classes, "mask": mask})).repeat(steps)
-    trainer.fit(data, epochs=1, verbose=0, callbacks=[record])
+        record = Record()
+        data = tf.data.Dataset.from_tensors((images, {"boxes": boxes, "classes": classes, "mask": mask})).repeat(steps)
+        trainer.fit(data, epochs=1, verbose=0, callbacks=[record])
     return record.logs, detector.get_weights()
 
 out = {}

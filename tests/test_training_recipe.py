@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from refinedet_tf.config import FINE_TUNE_RECIPE, FROM_SCRATCH_RECIPE, get_preset, parse_overrides, recipe_for
-from refinedet_tf.training.run import TrainOptions, resolve_recipe
+from refinedet_tf.training.options import TrainOptions, resolve_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

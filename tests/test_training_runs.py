@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from refinedet_tf.training import run as run_lib
-from refinedet_tf.training.trainer import RefineDetTrainer
+from refinedet_tf.training import options as options_lib, run as run_lib
+from refinedet_tf.training.trainer import DetectorTrainer
 from training_helpers import tiny_dataset, tiny_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,7 @@ def test_killed_run_resumes_with_the_loss_of_an_uninterrupted_run(data, tmp_path
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    original = RefineDetTrainer.compute_losses
+    original = DetectorTrainer.compute_losses
 
     def poisoned(self, images, targets, training):
         losses = original(self, images, targets, training)
@@ -81,7 +81,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_pat
             losses["total"] = tf.where(bad, tf.constant(np.nan, tf.float32), losses["total"])
         return losses
 
-    monkeypatch.setattr(RefineDetTrainer, "compute_losses", poisoned)
+    monkeypatch.setattr(DetectorTrainer, "compute_losses", poisoned)
     model_dir = tmp_path / "nan"
     with pytest.raises(FloatingPointError, match="non-finite loss at step 5"):
         run_lib.train(tiny_options(data, model_dir, steps=8, checkpoint_every=2))
@@ -106,13 +106,13 @@ def test_run_writes_config_metrics_logs_and_refuses_an_incompatible_resume(data,
 
 
 def test_arm_warmup_stage_then_joint_training(data, tmp_path):
-    config = run_lib.config_for_data(tiny_options(data, tmp_path), ["background"] * 7)
+    config = options_lib.config_for_data(tiny_options(data, tmp_path), ["background"] * 7)
     snapshots = {}
 
     class Snapshot(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             step = int(self.model.optimizer.iterations.numpy())
-            odm = [v for v in self.model.trainable_variables if v.path.startswith(("tcb_", "odm_"))]
+            odm = [v for v in self.model.weights if v.path.startswith(("tcb_", "odm_"))]
             snapshots[step] = [v.numpy().copy() for v in odm]
 
     run_lib.train(tiny_options(data, tmp_path / "staged", steps=4, arm_warmup_steps=2), extra_callbacks=[Snapshot()])

@@ -3,8 +3,9 @@ import pytest
 import tensorflow as tf
 
 import refinedet_tf
+from refinedet_tf.architectures import RefineDet
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
-from refinedet_tf.training.trainer import RefineDetTrainer
+from refinedet_tf.training.trainer import DetectorTrainer
 
 
 def test_multistep_with_warmup_at_hand_picked_steps():
@@ -51,22 +52,32 @@ def test_weight_decay_skips_biases_batchnorm_and_l2norm_scales():
         np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)
 
 
-def test_arm_only_stage_updates_only_the_arm_path():
+def test_arm_warm_up_stage_trains_only_the_arm_path():
+    """The stage freezes TCB and ODM through their layers' trainable flags: their weights and
+    BatchNorm statistics stay as they were; the ARM and the backbone move."""
     config = refinedet_tf.get_preset("mobilenetv2_lite_192", image_size=64)
-    trainer = RefineDetTrainer(refinedet_tf.build_refinedet(config), config)
+    architecture = RefineDet(config)
+    (warm_up, joint) = architecture.training_stages(total_steps=5, first_stage_steps=2)
+    assert (warm_up.end_step, warm_up.losses, joint.end_step, joint.losses) == (2, ("arm_loc", "arm_conf"), 5, None)
+    model = architecture.build_model()
+    trainer = DetectorTrainer(model, architecture)
     trainer.compile(optimizer=make_optimizer(0.05, weight_decay=5e-4))
-    trainer.arm_only = True
-    odm = [v for v in trainer.trainable_variables if v.path.startswith(("tcb_", "odm_"))]
-    arm = [v for v in trainer.trainable_variables if v.path.startswith("arm_")]
-    assert odm and arm and len(trainer.arm_path_variables()) == len(trainer.trainable_variables) - len(odm)
-    before_odm = [v.numpy().copy() for v in odm]
+    for layer in model.layers:
+        layer.trainable = not layer.name.startswith(warm_up.frozen_layers)
+    trainer.optimized_losses = warm_up.losses
+    heads = [v for v in model.weights if v.path.startswith(("tcb_", "odm_"))]
+    arm = [v for v in model.weights if v.path.startswith("arm_")]
+    assert any("moving_mean" in v.path for v in heads) and arm
+    before_heads = [v.numpy().copy() for v in heads]
     before_arm = [v.numpy().copy() for v in arm]
     images = tf.random.stateless_uniform([2, 64, 64, 3], [0, 1], -1, 1)
     targets = {"boxes": tf.constant([[[0.1, 0.1, 0.6, 0.5]]] * 2), "classes": tf.constant([[2]] * 2),
                "mask": tf.constant([[True]] * 2)}
-    trainer.fit(tf.data.Dataset.from_tensors((images, targets)).repeat(2), epochs=1, verbose=0)
-    assert all(np.array_equal(v.numpy(), b) for v, b in zip(odm, before_odm))
+    logs = trainer.fit(tf.data.Dataset.from_tensors((images, targets)).repeat(2), epochs=1, verbose=0).history
+    for v, b in zip(heads, before_heads):
+        np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(arm, before_arm))
+    assert logs["total"][0] == pytest.approx(logs["arm_loc"][0] + logs["arm_conf"][0], rel=1e-6)
 
 
 def test_resume_refuses_a_model_dir_saved_without_the_tcb_batch_norm(tmp_path):
@@ -74,10 +85,11 @@ def test_resume_refuses_a_model_dir_saved_without_the_tcb_batch_norm(tmp_path):
 
     from refinedet_tf import checkpoints
     from refinedet_tf.config import get_preset
-    from refinedet_tf.training.run import TrainOptions, check_resume_compatible
+    from refinedet_tf.training.resume import check_resume_compatible
 
     config = get_preset("mobilenetv2_lite_192")
     (tmp_path / checkpoints.CONFIG_FILE).write_text(dataclasses.replace(config, tcb_batch_norm=False).to_json())
     with pytest.raises(ValueError, match="incompatible model .*tcb_batch_norm: saved False vs now True"):
-        check_resume_compatible(str(tmp_path), config, TrainOptions())
-    check_resume_compatible(str(tmp_path), dataclasses.replace(config, tcb_batch_norm=False), TrainOptions())
+        check_resume_compatible(str(tmp_path), config, RefineDet.structural_fields, 32)
+    check_resume_compatible(str(tmp_path), dataclasses.replace(config, tcb_batch_norm=False),
+                            RefineDet.structural_fields, 32)

@@ -3,7 +3,7 @@
 import os
 
 from refinedet_tf.data.synthetic import generate_voc_dataset
-from refinedet_tf.training.run import TrainOptions
+from refinedet_tf.training.options import TrainOptions
 
 TINY = dict(image_size=64)  # mobilenetv2_lite_192 at 64 px: 8x8 .. 1x1 maps, 255 anchors
 

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf import data as data_lib
-from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.architectures import architecture_for
 from refinedet_tf.checkpoints import config_for_checkpoint, load_model
 from refinedet_tf.data.box_conventions import coco_xywh_to_normalized
 from refinedet_tf.data.pipeline import make_dataset
@@ -21,7 +21,6 @@ from refinedet_tf.evaluation.plots import plot_pr_curves
 from refinedet_tf.evaluation.report import format_ap_table
 from refinedet_tf.evaluation.results import coco_results_to_detections, read_coco_results, write_coco_results
 from refinedet_tf.evaluation.runner import DetectionEvaluation, ground_truth_targets, summary_map
-from refinedet_tf.postprocess import detect
 
 
 @dataclasses.dataclass
@@ -113,9 +112,9 @@ def _model_detections(options, reader, names):
         mode = "SavedModel serving_default (resize + preprocess + model + NMS, batch 1)"
     else:
         model, config = load_model(options.checkpoint, preset=options.preset)
-        anchors = generate_anchors(config)
+        architecture = architecture_for(config)
         forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        post = tf.function(lambda o: detect(o, anchors, config), reduce_retracing=True)
+        post = tf.function(architecture.detect, reduce_retracing=True)
         data = make_dataset(examples, config, options.batch_size, training=False, max_boxes=max_boxes)
         for images, targets in data:
             t0 = time.perf_counter()

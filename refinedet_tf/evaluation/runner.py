@@ -13,16 +13,15 @@ from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
 from refinedet_tf.evaluation.coco import COCOEvaluator
 from refinedet_tf.evaluation.confusion import ConfusionMatrix
 from refinedet_tf.evaluation.voc import VOCEvaluator
-from refinedet_tf.postprocess import detect
 
 VOC_METRICS = ("voc07", "voc12")
 
 
-def make_predict_fn(detector, anchors_yxyx, config, max_detections=None):
-    """tf.function: preprocessed images [B, S, S, 3] -> `postprocess.detect` dict."""
+def make_predict_fn(model, architecture, max_detections=None):
+    """tf.function: preprocessed images [B, S, S, 3] -> `architecture.detect`'s dict."""
     @tf.function(reduce_retracing=True)
     def predict(images):
-        return detect(detector(images, training=False), anchors_yxyx, config, max_detections=max_detections)
+        return architecture.detect(model(images, training=False), max_detections=max_detections)
 
     return predict
 
@@ -82,7 +81,7 @@ class DetectionEvaluation:
         self.num_images = 0
 
     def add_batch(self, targets, detections):
-        """targets: the eval pipeline's dict (numpy or tensors); detections: `detect`'s dict."""
+        """targets: the eval pipeline's dict (numpy or tensors); detections: `Architecture.detect`'s dict."""
         t = {k: np.asarray(v) for k, v in targets.items()}
         d = {k: np.asarray(v) for k, v in detections.items()}
         for i in range(len(t["image_id"])):
@@ -127,17 +126,18 @@ class DetectionEvaluation:
 
 
 def evaluate_dataset(predict_fn, dataset, class_names, metrics=("voc07",), category_ids=None,
-                     max_batches=None, on_batch=None):
+                     max_batches=None, on_batch=None, diagnostics=True):
     """Runs `predict_fn` over an eval-pipeline dataset and scores it.
 
     Args:
       predict_fn: preprocessed images -> `detect` dict (e.g. `make_predict_fn`).
       dataset: `(images, targets)` batches from `make_dataset(..., training=False)`.
       on_batch: optional callback(images, targets, detections), e.g. to draw examples.
+      diagnostics: also the confusion matrix and AP by size (`DetectionEvaluation`).
     Returns:
       (result dict as `DetectionEvaluation.result`, {"images": n, "seconds": s}).
     """
-    evaluation = DetectionEvaluation(class_names, metrics, category_ids)
+    evaluation = DetectionEvaluation(class_names, metrics, category_ids, diagnostics=diagnostics)
     start = time.perf_counter()
     for step, (images, targets) in enumerate(dataset):
         if max_batches is not None and step >= max_batches:

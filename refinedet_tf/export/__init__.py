@@ -8,7 +8,6 @@ installed (else TensorFlow's own interpreter); `onnx` needs the `onnx` extra (tf
 onnxruntime) and imports it only when called.
 """
 
-from refinedet_tf.export.nms import class_aware_nms, detect_builtin
 from refinedet_tf.export.onnx import OnnxDetector, export_onnx
 from refinedet_tf.export.saved_model import (
     SIGNATURES,
@@ -25,8 +24,7 @@ from refinedet_tf.export.tflite import QUANTIZATIONS, TFLiteDetector, calibratio
 
 __all__ = [
     "QUANTIZATIONS", "SIGNATURES", "DetectionModule", "OnnxDetector", "SavedModelDetector",
-    "ServingRequestError", "TFLiteDetector", "calibration_images", "class_aware_nms",
-    "detect_builtin", "export_onnx", "export_saved_model", "export_tflite",
+    "ServingRequestError", "TFLiteDetector", "calibration_images", "export_onnx", "export_saved_model", "export_tflite",
     "outputs_to_rest_response", "predict_request_to_inputs", "resize_and_preprocess",
     "rest_request_to_inputs",
 ]

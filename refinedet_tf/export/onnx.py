@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.anchors import generate_anchors
-from refinedet_tf.export.nms import detect_builtin
 from refinedet_tf.export.saved_model import (
     DEFAULT_MAX_DETECTIONS,
     INPUT_NAME,
@@ -31,6 +30,7 @@ from refinedet_tf.export.saved_model import (
     resize_and_preprocess,
     write_model_files,
 )
+from refinedet_tf.postprocess import detect_builtin
 
 DEFAULT_OPSET = 17
 ONNX_FILE = "refinedet.onnx"

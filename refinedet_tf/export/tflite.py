@@ -42,7 +42,6 @@ import tensorflow as tf
 from refinedet_tf import data as data_lib
 from refinedet_tf.anchors import generate_anchors
 from refinedet_tf.data.image_io import IMAGE_EXTENSIONS
-from refinedet_tf.export.nms import detect_builtin
 from refinedet_tf.export.saved_model import (
     DEFAULT_MAX_DETECTIONS,
     export_config,
@@ -51,6 +50,7 @@ from refinedet_tf.export.saved_model import (
     resize_and_preprocess,
     write_model_files,
 )
+from refinedet_tf.postprocess import detect_builtin
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "images"

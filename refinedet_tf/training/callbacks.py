@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from refinedet_tf.evaluation.confusion import plot_confusion_matrix
-from refinedet_tf.training.trainer import LOSS_NAMES
 
 
 class RunState:
@@ -55,7 +54,7 @@ class NaNGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = _floats(logs)
-        bad = [k for k in LOSS_NAMES if k in logs and not math.isfinite(logs[k])]
+        bad = [k for k in self.model.loss_names if k in logs and not math.isfinite(logs[k])]
         if bad:
             self.state.poisoned = True
             self.state.message = (
@@ -124,7 +123,7 @@ class Preemption(keras.callbacks.Callback):
 
 
 class ProgressLogger(keras.callbacks.Callback):
-    """One line every `every` steps: step/total, the four losses (smoothed), lr, images/s."""
+    """One line every `every` steps: step/total, the trainer's losses (smoothed), lr, images/s."""
 
     def __init__(self, total_steps, global_batch_size, every=10, stream=None):
         super().__init__()
@@ -141,7 +140,7 @@ class ProgressLogger(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = _floats(logs)
-        for k in LOSS_NAMES:
+        for k in self.model.loss_names:
             if k in logs and math.isfinite(logs[k]):
                 prev = self.smoothed.get(k, logs[k])
                 self.smoothed[k] = 0.9 * prev + 0.1 * logs[k]
@@ -155,7 +154,7 @@ class ProgressLogger(keras.callbacks.Callback):
         width = 24
         done = int(width * step / max(self.total_steps, 1))
         bar = "#" * done + "." * (width - done)
-        losses = " ".join(f"{k}={self.smoothed.get(k, float('nan')):.3f}" for k in LOSS_NAMES)
+        losses = " ".join(f"{k}={self.smoothed.get(k, float('nan')):.3f}" for k in self.model.loss_names)
         line = (f"[{bar}] step {step}/{self.total_steps} {losses} lr={logs.get('lr', 0.0):.2e} "
                 f"{rate:.1f} img/s")
         print(line, file=self.stream, flush=True)
@@ -189,7 +188,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
         with self.writer.as_default(step=step):
             for k, v in _floats(logs).items():
                 if math.isfinite(v):
-                    tf.summary.scalar(f"loss/{k}" if k in LOSS_NAMES else k, v)
+                    tf.summary.scalar(f"loss/{k}" if k in self.model.loss_names else k, v)
         self.writer.flush()
 
 
@@ -230,7 +229,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         metric = self.metric
         raw = None
         if self.average is not None:
-            raw = self.evaluate_fn()[0].get(metric, {}).get("mAP")
+            raw = self.evaluate_fn(diagnostics=False)[0].get(metric, {}).get("mAP")
         # The best weights are saved inside the swap: the averaged weights with their BatchNorm
         # statistics (evaluate_fn recomputes them), never the trained weights.
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():

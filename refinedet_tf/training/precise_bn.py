@@ -13,7 +13,7 @@ import itertools
 
 import numpy as np
 
-from refinedet_tf.model import batch_norm_layers
+from refinedet_tf.layers import batch_norm_layers
 
 
 def recompute_batch_norm_statistics(model, images_batches, num_batches=20):

@@ -1,113 +1,46 @@
-"""One training run, end to end: config, data, strategy, model, optimizer, callbacks, fit.
+"""One training run, end to end: data, config, strategy, model, optimizer, callbacks, stages.
 
-`train.py` maps its flags onto `TrainOptions` and calls `train`; tests call `train` directly.
+`train.py` maps its flags onto `TrainOptions` (training/options.py) and calls `train`; tests call
+`train` directly. The architecture (`architectures.architecture_for(config)`) supplies the
+network, the losses and the stages; nothing here names one.
 """
 
+import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from refinedet_tf import checkpoints, data as data_lib
-from refinedet_tf.anchors import generate_anchors
-from refinedet_tf.config import STRUCTURAL_FIELDS, RefineDetConfig, get_preset, recipe_for
-from refinedet_tf.data.inspect import anchor_warning, check_anchors
+from refinedet_tf.architectures import architecture_for
+from refinedet_tf.config import get_preset
 from refinedet_tf.data.pipeline import loss_targets, make_dataset, make_distributed_dataset
 from refinedet_tf.data.synthetic import ensure_synthetic_dataset
-from refinedet_tf.drawing import draw_boxes
+from refinedet_tf.drawing import draw_ground_truth_and_detections
 from refinedet_tf.evaluation.runner import evaluate_dataset, make_predict_fn
-from refinedet_tf.model import build_refinedet
-from refinedet_tf.preprocessing import unpreprocess_images
 from refinedet_tf.training import callbacks as cb
 from refinedet_tf.training.ema import UpdateWeightAverage, WeightAverage
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
+from refinedet_tf.training.options import DEMO_PRESET, TrainOptions, config_for_data, resolve_recipe
 from refinedet_tf.training.precise_bn import recompute_batch_norm_statistics
+from refinedet_tf.training.resume import OPTIONS_FILE, check_resume_compatible
 from refinedet_tf.training.strategy import make_strategy, synchronize_batch_norm
-from refinedet_tf.training.trainer import LOSS_NAMES, RefineDetTrainer
+from refinedet_tf.training.summary import print_summary
+from refinedet_tf.training.trainer import DetectorTrainer
 
-DEMO_PRESET = "mobilenetv2_lite_192"
+__all__ = ["DEMO_PRESET", "TrainOptions", "print_summary", "train"]
+
 ANCHOR_CHECK_SAMPLE = 20_000  # boxes the start-of-run anchor check scores (COCO has 860k)
 PRECISE_BN_BATCHES = 20
 
 
-@dataclasses.dataclass
-class TrainOptions:
-    """Everything a run needs besides the model config (see train.py's flags for the meaning)."""
-
-    preset: str = DEMO_PRESET
-    config_overrides: dict = dataclasses.field(default_factory=dict)
-    data: str | None = None  # None: the embedded synthetic dataset (train split)
-    val_data: str | None = None  # None with data None: the synthetic val split
-    split: str = "train"
-    val_split: str = "val"
-    label_map: str | None = None
-    on_bad_example: str = "error"  # data/policy.py
-    model_dir: str = "runs/refinedet"
-    # None: the preset's recipe (config.recipe_for), resolved by `resolve_recipe`.
-    batch_size: int | None = None
-    steps: int | None = None
-    epochs: float | None = None
-    lr: float | None = None  # None after resolving too: 1e-3 x batch/32 (the paper's)
-    warmup_steps: int | None = None
-    lr_schedule: str | None = None
-    lr_boundaries: tuple | None = None
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    grad_accum_steps: int = 1
-    clip_grad_norm: float | None = None
-    optimizer: str | None = None
-    ema_decay: float | None = None  # moving average of the weights (training/ema.py); 0: off
-    freeze_backbone: bool = False
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    strategy: str = "default"
-    seed: int = 0
-    deterministic: bool = False
-    eval_every: int | None = None  # steps; 0: only at the end (when there is validation data)
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 3
-    arm_warmup_steps: int = 0
-    max_boxes: int = 100
-    truncate_boxes: bool = False
-    log_every: int = 10
-    num_parallel_calls: int | None = None  # None: AUTOTUNE
-    cache: bool | None = None  # None: cache decoded examples when the dataset is small
-    max_eval_images: int | None = None
-    eval_images_to_draw: int = 4
-
-
 def _print(*args):
     print(*args, flush=True)
-
-
-def check_resume_compatible(model_dir, config, options):
-    """Refuses to resume a model_dir written with an incompatible config."""
-    path = os.path.join(model_dir, checkpoints.CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        saved = RefineDetConfig.from_json(f.read())
-    diff = [f"{f}: saved {getattr(saved, f)} vs now {getattr(config, f)}"
-            for f in STRUCTURAL_FIELDS if getattr(saved, f) != getattr(config, f)]
-    if diff:
-        raise ValueError(
-            f"{model_dir} holds a run of an incompatible model ({'; '.join(diff)}): choose another "
-            "--model_dir or remove it")
-    options_path = os.path.join(model_dir, "train_options.json")
-    if os.path.exists(options_path):
-        with open(options_path, encoding="utf-8") as f:
-            saved_options = json.load(f)
-        if saved_options.get("batch_size") != options.batch_size:
-            raise ValueError(
-                f"{model_dir} was trained with --batch_size {saved_options.get('batch_size')}; resuming "
-                f"with {options.batch_size} would change the data position and schedule")
 
 
 def _data_sources(options):
@@ -142,52 +75,6 @@ def _data_sources(options):
     return train_reader, val_reader, list(label_map.names), label_map
 
 
-def config_for_data(options, names):
-    """The preset with the command line's overrides; num_classes follows the label map unless
-    given, and must agree with it when given."""
-    overrides = dict(options.config_overrides)
-    given = overrides.get("num_classes")
-    if given is not None and given != len(names):
-        raise ValueError(
-            f"the label map has {len(names) - 1} classes (+ background) but --num_classes is {given}: "
-            f"leave --num_classes out (it follows the label map) or pass {len(names)}")
-    overrides["num_classes"] = len(names)
-    return get_preset(options.preset, **overrides)
-
-
-def resolve_recipe(options, config, num_train_images):
-    """-> (options with every recipe field set, the recipe, a line saying what was chosen).
-
-    Fields left None take the preset's recipe (`config.recipe_for`: the paper's schedule when
-    the backbone starts from weights, the demo's from scratch); the run's length is --steps,
-    else --epochs, else the recipe's epochs over this training set.
-    """
-    recipe = recipe_for(config)
-    chosen = {name: getattr(recipe, name) for name in (
-        "batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule", "lr_boundaries", "clip_grad_norm",
-        "ema_decay") if getattr(options, name) is None}
-    resolved = dataclasses.replace(options, **chosen)
-    if options.steps is not None:
-        steps, length = int(options.steps), f"{options.steps} steps (--steps)"
-    elif options.epochs is not None:
-        steps = max(math.ceil(options.epochs * num_train_images / resolved.batch_size), 1)
-        length = f"{options.epochs:g} epochs (--epochs) = {steps} steps"
-    else:
-        steps = recipe.steps_for(num_train_images, resolved.batch_size)
-        length = f"{recipe.epochs:g} epochs, at least {recipe.min_steps} steps = {steps} steps"
-    eval_every = options.eval_every
-    if eval_every is None:
-        eval_every = steps // recipe.evaluations if recipe.evaluations else 0
-    resolved = dataclasses.replace(resolved, steps=steps, eval_every=eval_every)
-    overridden = sorted(name for name in ("batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule",
-                                          "lr_boundaries", "clip_grad_norm", "steps", "epochs", "eval_every",
-                                          "ema_decay")
-                        if getattr(options, name) is not None)
-    line = (f"recipe: {recipe.describe()}; this run: {length} over {num_train_images} images, batch "
-            f"{resolved.batch_size}" + (f"; set by flags: {', '.join(overridden)}" if overridden else ""))
-    return resolved, recipe, line
-
-
 def _write_json(path, value):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -213,8 +100,9 @@ def train(options, stream=None, extra_callbacks=()):
     stream = stream or sys.stdout
     start_time = time.time()
     get_preset(options.preset, **options.config_overrides)  # a bad --config fails before any data is read
-    train_reader, val_reader, class_names, label_map = _data_sources(options)
+    train_reader, val_reader, class_names, _ = _data_sources(options)
     config = config_for_data(options, class_names)
+    architecture = architecture_for(config)
     is_chief, worker_index = _worker_role() if options.strategy == "multi_worker" else (True, 0)
     model_dir = options.model_dir if is_chief else os.path.join(options.model_dir, f".worker{worker_index}")
     num_train = len(train_reader)
@@ -222,12 +110,12 @@ def train(options, stream=None, extra_callbacks=()):
         raise ValueError(f"no training images in {options.data or 'the synthetic dataset'}")
     options, _, recipe_line = resolve_recipe(options, config, num_train)
     _print(recipe_line)
-    warning = anchor_warning(*check_anchors(config, train_reader.metadata, class_names,
-                                                sample=ANCHOR_CHECK_SAMPLE, only_when_low=True))
+    stages = architecture.training_stages(options.steps, options.arm_warmup_steps)
+    warning = architecture.anchor_warning(train_reader.metadata, class_names, sample=ANCHOR_CHECK_SAMPLE)
     if warning:
         _print(warning)
     os.makedirs(model_dir, exist_ok=True)
-    check_resume_compatible(model_dir, config, options)
+    check_resume_compatible(model_dir, config, architecture.structural_fields, options.batch_size)
 
     keras.utils.set_random_seed(options.seed)
     if options.deterministic:
@@ -241,42 +129,12 @@ def train(options, stream=None, extra_callbacks=()):
     replicas = strategy.num_replicas_in_sync
     if options.batch_size % replicas:
         raise ValueError(f"--batch_size {options.batch_size} must be a multiple of the {replicas} replicas")
-
     total_steps = options.steps
     lr = options.lr if options.lr is not None else default_lr(options.batch_size)
-    boundaries = resolve_boundaries(options.lr_boundaries, total_steps)
     cache = options.cache if options.cache is not None else num_train <= 5000
+    _write_run_files(model_dir, config, options, lr, replicas, class_names)
 
-    _write_json(os.path.join(model_dir, checkpoints.CONFIG_FILE), dataclasses.asdict(config))
-    _write_json(os.path.join(model_dir, "train_options.json"),
-                {**dataclasses.asdict(options), "resolved_lr": lr, "total_steps": total_steps,
-                 "lr_boundaries_steps": boundaries, "replicas": replicas})
-    with open(os.path.join(model_dir, "labelmap.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(n + "\n" for n in class_names[1:]))
-
-    with strategy.scope():
-        detector = build_refinedet(config)
-        if options.freeze_backbone:
-            _freeze_backbone(detector)
-        if replicas > 1:
-            synced = synchronize_batch_norm(detector)
-            if synced:
-                _print(f"synchronized BatchNorm over {replicas} replicas ({synced} layers)")
-        trainer = RefineDetTrainer(detector, config)
-        schedule = WarmupSchedule(lr, total_steps, options.warmup_steps, options.lr_schedule, boundaries)
-        optimizer = make_optimizer(schedule, options.momentum, options.weight_decay, options.grad_accum_steps,
-                                   options.clip_grad_norm, options.optimizer)
-        trainer.compile(optimizer=optimizer, jit_compile=options.jit_compile)
-        optimizer.build(trainer.trainable_variables)
-        average = WeightAverage(detector, options.ema_decay) if options.ema_decay else None
-        checkpoint = tf.train.Checkpoint(model=detector, optimizer=optimizer,
-                                         **(average.checkpoint_items() if average else {}))
-        manager = tf.train.CheckpointManager(
-            checkpoint, os.path.join(model_dir, checkpoints.CHECKPOINT_DIR), max_to_keep=options.keep_checkpoints)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        if average is not None and int(average.num_updates.numpy()) == 0:
-            average.reset()  # from the restored weights when a run started without EMA resumes with it
+    model, trainer, optimizer, manager, average = _build_for_training(architecture, options, strategy, lr, model_dir)
     start_step = int(optimizer.iterations.numpy())
     if start_step:
         _print(f"resuming {model_dir} from {manager.latest_checkpoint} at step {start_step}")
@@ -316,68 +174,46 @@ def train(options, stream=None, extra_callbacks=()):
                              truncate_boxes=True).map(lambda images, targets: images).cache()
     evaluation = None
     if val_reader is not None and len(val_reader) and is_chief:
-        anchors = generate_anchors(config)
-        predict = make_predict_fn(detector, anchors, config)
-        val_examples = val_reader.as_dataset()
-        if options.max_eval_images:
-            val_examples = val_examples.take(options.max_eval_images)
-        val_examples = val_examples.cache()
-        val_data = make_dataset(val_examples, config, max(options.batch_size // replicas, 1), training=False,
-                                max_boxes=options.max_boxes, truncate_boxes=True)
-
-        def evaluate_fn():
-            recompute_batch_norm_statistics(detector, bn_images, PRECISE_BN_BATCHES)
-            drawn = []
-
-            def draw(images, targets, detections):
-                if len(drawn) >= options.eval_images_to_draw:
-                    return
-                drawn.extend(_draw_examples(images, targets, detections, config, class_names,
-                                            options.eval_images_to_draw - len(drawn)))
-            result, speed = evaluate_dataset(predict, val_data, class_names, ("voc07",), on_batch=draw)
-            return result, speed, drawn
-
-        evaluation = cb.PeriodicEvaluation(options.eval_every, evaluate_fn, model_dir, detector, state,
+        evaluate_fn = _evaluate_fn(model, architecture, val_reader, bn_images, class_names, options, replicas)
+        evaluation = cb.PeriodicEvaluation(options.eval_every, evaluate_fn, model_dir, model, state,
                                            log_dir=log_dir, stream=stream, average=average)
         callbacks.append(evaluation)
 
-    remaining = total_steps - start_step
-    stages = []
-    if start_step < options.arm_warmup_steps:
-        stages.append(("ARM warm-up", True, options.arm_warmup_steps - start_step))
-    if total_steps > max(start_step, options.arm_warmup_steps):
-        stages.append(("joint", False, total_steps - max(start_step, options.arm_warmup_steps)))
-    _print(f"training {config.name} ({detector.count_params():,} parameters) on {num_train} images, "
-           f"{remaining} steps of {options.batch_size} images, lr {lr:g}, {replicas} replica(s), "
+    _print(f"training {config.name} ({model.count_params():,} parameters) on {num_train} images, "
+           f"{total_steps - start_step} steps of {options.batch_size} images, lr {lr:g}, {replicas} replica(s), "
            f"model_dir {model_dir}")
-    for name, arm_only, steps in stages:
-        if state.poisoned or state.preempted:
-            break
-        if len(stages) > 1 or arm_only:
-            _print(f"stage: {name}, {steps} steps")
-        trainer.arm_only = arm_only
-        trainer.train_function = None  # retrace for the stage
-        trainer.make_train_function(force=True)
+    stage_start = 0
+    for stage in stages:
+        steps = stage.end_step - max(start_step, stage_start)
+        stage_start = stage.end_step
+        if steps <= 0 or state.poisoned or state.preempted:
+            continue
+        if len(stages) > 1:
+            _print(f"stage: {stage.name}, {steps} steps")
+        _enter_stage(trainer, architecture, stage, options.freeze_backbone)
         train_data = train_data_from(int(optimizer.iterations.numpy()))
+        # Inside the scope: the trainer was created outside it (training/trainer.py says why).
         # shuffle=False: the dataset shuffles itself (seeded, resumable); Keras would only warn.
-        trainer.fit(train_data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
+        with strategy.scope():
+            trainer.fit(train_data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
+        start_step = int(optimizer.iterations.numpy())
 
     if state.poisoned:
         _print(state.message)
         raise FloatingPointError(state.message)
     finished = int(optimizer.iterations.numpy()) >= total_steps
-    if finished and average is not None:
-        with average.swapped_in():
-            recompute_batch_norm_statistics(detector, bn_images, PRECISE_BN_BATCHES)
-            cb.save_weights_atomically(detector, os.path.join(model_dir, checkpoints.FINAL_WEIGHTS))
-    elif finished:
-        cb.save_weights_atomically(detector, os.path.join(model_dir, checkpoints.FINAL_WEIGHTS))
+    if finished:
+        # With --ema_decay the averaged weights are saved, with their own BatchNorm statistics.
+        with average.swapped_in() if average is not None else contextlib.nullcontext():
+            if average is not None:
+                recompute_batch_norm_statistics(model, bn_images, PRECISE_BN_BATCHES)
+            cb.save_weights_atomically(model, os.path.join(model_dir, checkpoints.FINAL_WEIGHTS))
     summary = {
         "preset": config.name, "model_dir": os.path.abspath(model_dir),
         "steps": int(optimizer.iterations.numpy()), "total_steps": total_steps, "finished": finished,
         "preempted": state.preempted, "global_batch_size": options.batch_size, "replicas": replicas,
         "ema_decay": options.ema_decay or None,
-        "final_losses": {k: progress.smoothed.get(k) for k in LOSS_NAMES},
+        "final_losses": {k: progress.smoothed.get(k) for k in architecture.loss_names},
         "images_per_second": progress.history[-1]["images_per_second"] if progress.history else None,
         "wall_seconds": round(time.time() - start_time, 1),
         "evaluations": evaluation.history if evaluation else [],
@@ -391,59 +227,89 @@ def train(options, stream=None, extra_callbacks=()):
     return summary
 
 
-def _freeze_backbone(detector):
-    heads = ("arm_", "tcb_", "odm_")
-    for layer in detector.layers:
-        if not layer.name.startswith(heads) and layer.weights:
-            layer.trainable = False
+def _write_run_files(model_dir, config, options, lr, replicas, class_names):
+    """config.json, train_options.json (with what the run resolved) and labelmap.txt."""
+    _write_json(os.path.join(model_dir, checkpoints.CONFIG_FILE), dataclasses.asdict(config))
+    _write_json(os.path.join(model_dir, OPTIONS_FILE),
+                {**dataclasses.asdict(options), "resolved_lr": lr, "total_steps": options.steps,
+                 "lr_boundaries_steps": resolve_boundaries(options.lr_boundaries, options.steps),
+                 "replicas": replicas})
+    with open(os.path.join(model_dir, "labelmap.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(n + "\n" for n in class_names[1:]))
 
 
-def _draw_examples(images, targets, detections, config, class_names, limit):
-    """Validation images with true (red) and predicted (green, score >= 0.3) boxes, uint8 RGB."""
-    pixels = np.asarray(unpreprocess_images(images[:limit], config))
-    out = []
-    for i in range(pixels.shape[0]):
-        rgb = np.clip(pixels[i], 0, 255).astype(np.uint8)
-        valid = np.asarray(targets["mask"][i])
-        rgb = draw_boxes(rgb, np.asarray(targets["boxes"][i])[valid], (255, 0, 0))
-        n = int(detections["num_detections"][i])
-        scores = np.asarray(detections["detection_scores"][i][:n])
-        keep = scores >= 0.3
-        labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(
-            np.asarray(detections["detection_classes"][i][:n])[keep], scores[keep])]
-        rgb = draw_boxes(rgb, np.asarray(detections["detection_boxes"][i][:n])[keep], (0, 255, 0), labels)
-        out.append(rgb.astype(np.float32) / 255.0)
-    return out
+def _build_for_training(architecture, options, strategy, lr, model_dir):
+    """-> (network, trainer, optimizer, checkpoint manager, weight average or None), restored
+    from the latest checkpoint of `model_dir` when there is one."""
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = architecture.build_model()
+        if options.freeze_backbone:
+            _set_trainable(model, architecture, frozen_layers=(), freeze_backbone=True)
+        if replicas > 1:
+            synced = synchronize_batch_norm(model)
+            if synced:
+                _print(f"synchronized BatchNorm over {replicas} replicas ({synced} layers)")
+    trainer = DetectorTrainer(model, architecture)  # outside the scope: training/trainer.py says why
+    trainer.build()
+    with strategy.scope():
+        schedule = WarmupSchedule(lr, options.steps, options.warmup_steps, options.lr_schedule,
+                                  resolve_boundaries(options.lr_boundaries, options.steps))
+        optimizer = make_optimizer(schedule, options.momentum, options.weight_decay, options.grad_accum_steps,
+                                   options.clip_grad_norm, options.optimizer)
+        # Builds the optimizer for every weight a stage may train, before any stage freezes some.
+        trainer.compile(optimizer=optimizer, jit_compile=options.jit_compile)
+        average = WeightAverage(model, options.ema_decay) if options.ema_decay else None
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                         **(average.checkpoint_items() if average else {}))
+        manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(model_dir, checkpoints.CHECKPOINT_DIR), max_to_keep=options.keep_checkpoints)
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if average is not None and int(average.num_updates.numpy()) == 0:
+            average.reset()  # from the restored weights when a run started without EMA resumes with it
+    return model, trainer, optimizer, manager, average
 
 
-def print_summary(summary, stream=None):
-    stream = stream or sys.stdout
-    rows = [
-        ("preset", summary["preset"]),
-        ("steps", f"{summary['steps']} / {summary['total_steps']}" + (" (preempted)" if summary["preempted"] else "")),
-        ("global batch", f"{summary['global_batch_size']} on {summary['replicas']} replica(s)"),
-        ("final total loss", f"{summary['final_losses'].get('total') or float('nan'):.4f}"),
-        ("images/s (last)", f"{summary['images_per_second'] or 0:.1f}"),
-        ("wall time", f"{summary['wall_seconds']:.0f} s"),
-    ]
-    for record in summary["evaluations"]:
-        value, raw = record.get("voc07"), record.get("voc07_raw")
-        shown = "n/a" if value is None else f"{value:.4f}"
-        if "voc07_raw" in record:
-            shown += f" averaged weights, {'n/a' if raw is None else f'{raw:.4f}'} trained weights"
-        rows.append((f"VOC07 mAP @ step {record['step']}", shown))
-    if summary["best"]:
-        rows.append(("best", f"{summary['best']['voc07']:.4f} at step {summary['best']['step']}"))
-    model_dir = summary["model_dir"]
-    rows += [
-        ("checkpoint", summary["checkpoint"]),
-        ("best weights", os.path.join(model_dir, checkpoints.BEST_WEIGHTS)),
-        ("final weights", os.path.join(model_dir, checkpoints.FINAL_WEIGHTS)),
-        ("TensorBoard", f"tensorboard --logdir {summary['tensorboard']}"),
-        ("metrics", os.path.join(model_dir, "metrics.json")),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n" + "-" * (width + 50), file=stream)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}", file=stream)
-    print("-" * (width + 50), file=stream, flush=True)
+def _set_trainable(model, architecture, frozen_layers, freeze_backbone):
+    """Layers with weights are trainable unless a stage freezes them (`frozen_layers`, name
+    prefixes) or they are backbone layers under --freeze_backbone."""
+    heads = architecture.head_layer_prefixes
+    for layer in model.layers:
+        if layer.weights:
+            backbone = not layer.name.startswith(heads)
+            layer.trainable = not ((freeze_backbone and backbone) or layer.name.startswith(tuple(frozen_layers)))
+
+
+def _enter_stage(trainer, architecture, stage, freeze_backbone):
+    _set_trainable(trainer.detector, architecture, stage.frozen_layers, freeze_backbone)
+    trainer.optimized_losses = stage.losses
+    trainer.make_train_function(force=True)  # retraced: what is trained and optimized changed
+
+
+def _evaluate_fn(model, architecture, val_reader, bn_images, class_names, options, replicas):
+    """evaluate_fn(diagnostics) for `PeriodicEvaluation`: precise BatchNorm statistics, then VOC07
+    on the validation set -> (result, speed, drawn images). Without `diagnostics` (the trained
+    weights' extra pass under --ema_decay) no confusion matrix, sizes or pictures."""
+    config = architecture.config
+    predict = make_predict_fn(model, architecture)
+    val_examples = val_reader.as_dataset()
+    if options.max_eval_images:
+        val_examples = val_examples.take(options.max_eval_images)
+    val_data = make_dataset(val_examples.cache(), config, max(options.batch_size // replicas, 1), training=False,
+                            max_boxes=options.max_boxes, truncate_boxes=True)
+
+    def evaluate_fn(diagnostics=True):
+        recompute_batch_norm_statistics(model, bn_images, PRECISE_BN_BATCHES)
+        drawn = []
+        limit = options.eval_images_to_draw if diagnostics else 0
+
+        def draw(images, targets, detections):
+            if len(drawn) < limit:
+                drawn.extend(draw_ground_truth_and_detections(images, targets, detections, config, class_names,
+                                                              limit - len(drawn)))
+        result, speed = evaluate_dataset(predict, val_data, class_names, ("voc07",), on_batch=draw,
+                                         diagnostics=diagnostics)
+        return result, speed, drawn
+
+    return evaluate_fn

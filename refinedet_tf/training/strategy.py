@@ -6,7 +6,7 @@ import sys
 
 import tensorflow as tf
 
-from refinedet_tf.model import batch_norm_layers
+from refinedet_tf.layers import batch_norm_layers
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 

@@ -1,84 +1,69 @@
-"""A Keras model that owns RefineDet's loss, so `fit()` and every Keras callback work.
+"""A Keras model that owns an architecture's losses, so `fit()` and every Keras callback work.
 
-The loss math stays in `refinedet_tf.losses` (pure functions); this class only wires it into
-`train_step`/`test_step` and makes the normalization global across replicas: each replica
-divides its loss sums by the number of positives of the WHOLE global batch, and the optimizer
-sums the replicas' gradients, so N replicas compute exactly the gradient one device would
-compute on the same global batch.
+The loss math stays with the architecture (`architectures/`); this class only wires it into a
+documented `train_step`/`test_step` and makes the normalization global across replicas: each
+replica divides its loss sums by the count of the WHOLE global batch (the architecture's
+`losses` receives `sum_over_replicas` for that), and the optimizer sums the replicas' gradients,
+so N replicas compute exactly the gradient one device would compute on the same global batch.
+
+Under a tf.distribute strategy, create the trainer OUTSIDE `strategy.scope()` (the wrapped
+network and `compile`, which builds the optimizer, inside it) and call `fit` inside the scope. A Keras model
+created inside a scope builds itself symbolically at the start of every `fit` by taking the first
+batch of the iterator that training then continues: each `fit` (each stage, each resumed run)
+would skip one batch, and MultiWorkerMirroredStrategy cannot average a dict batch to do it. The
+wrapped network is built already, so that pass has nothing to do.
 """
 
 import keras
 import tensorflow as tf
 
-from refinedet_tf.anchors import generate_anchors
-from refinedet_tf.losses import normalize_loss_terms, refinedet_loss_terms
-
-LOSS_NAMES = ("arm_loc", "arm_conf", "odm_loc", "odm_conf", "total")
-_ODM_PREFIXES = ("tcb_", "odm_")
+from refinedet_tf.architectures import sum_over_replicas
 
 
-def _sum_over_replicas(values):
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return values
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+class DetectorTrainer(keras.Model):
+    """Wraps an architecture's network (`architecture.build_model()`) for training.
 
-
-class RefineDetTrainer(keras.Model):
-    """Wraps the detector from `build_refinedet` for training.
-
-    `arm_only = True` is an optional ARM warm-up stage (this library's; the paper trains both steps end to
-    end): only the ARM losses are optimized and only the variables on the ARM path (backbone and ARM heads)
-    are updated; TCB and ODM weights stay untouched (no weight decay, no momentum either).
+    `optimized_losses`: the names summed into the optimized total (a `TrainingStage`'s
+    `losses`); None optimizes `total`. Which weights a stage trains is set with the layers'
+    `trainable` flags, so frozen layers get no gradient, no weight decay and no momentum.
     """
 
-    def __init__(self, detector, config, **kwargs):
+    def __init__(self, model, architecture, **kwargs):
         super().__init__(**kwargs)
-        self.detector = detector
-        self.config = config
-        self.anchors_yxyx = generate_anchors(config)
-        self.arm_only = False
-        self.built = True  # the detector is built; there is nothing else to create
+        self.detector = model
+        self.architecture = architecture
+        self.loss_names = tuple(architecture.loss_names)
+        self.optimized_losses = None
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a strategy Keras averages a first distributed batch over the replicas to build
-        # the model symbolically; MultiWorkerMirroredStrategy's reduce fails on a dict of
-        # tensors. Nothing is left to build once the optimizer is (training/run.py builds it), and the
-        # loss and metrics are our own, so that pass is skipped.
-        if self.built and getattr(self.optimizer, "built", False):
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def compile(self, optimizer, **kwargs):
+        """Keras' compile, then builds the optimizer for the weights trainable now: under a
+        strategy its slots must exist before the first step (creating them inside the traced
+        step fails), and stages that freeze layers later still find theirs."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.trainable_variables)
+
+    def build(self, input_shape=None):
+        """Nothing to create: the wrapped network is built, the trainer has no weights of its own."""
+        del input_shape
 
     def call(self, images, training=False):
         return self.detector(images, training=training)
 
-    def arm_path_variables(self):
-        return [v for v in self.detector.trainable_variables
-                if not v.path.split("/")[0].startswith(_ODM_PREFIXES)]
-
     def compute_losses(self, images, targets, training):
-        """-> dict of the four losses and `total`, normalized by the global positives."""
+        """-> the architecture's loss dict (normalized by the global counts) and `num_pos`."""
         outputs = self.detector(images, training=training)
-        # The mask may arrive as numbers: Keras' symbolic build averages a first distributed
-        # batch over replicas, which bool (and string) tensors cannot go through.
-        mask = tf.cast(targets["mask"], tf.bool)
-        terms = refinedet_loss_terms(outputs, targets["boxes"], targets["classes"], mask,
-                                     self.anchors_yxyx, self.config)
-        counts = tf.cast(tf.stack([terms["arm"]["num_pos"], terms["odm"]["num_pos"]]), tf.float32)
-        counts = _sum_over_replicas(counts)
-        losses = normalize_loss_terms(terms, self.config, counts[0], counts[1])
-        if self.arm_only:
-            losses["total"] = losses["arm_loc"] + losses["arm_conf"]
-        losses["num_pos"] = counts[1]
+        losses = self.architecture.losses(outputs, targets, sum_over_replicas)
+        if self.optimized_losses is not None:
+            losses["total"] = tf.add_n([losses[name] for name in self.optimized_losses])
         return losses
 
     def train_step(self, data):
         images, targets = data
-        variables = self.arm_path_variables() if self.arm_only else self.trainable_variables
         with tf.GradientTape() as tape:
             losses = self.compute_losses(images, targets, training=True)
             # Identity unless the optimizer is a LossScaleOptimizer (mixed_float16).
             scaled = self.optimizer.scale_loss(losses["total"])
+        variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._report(losses)
@@ -90,7 +75,7 @@ class RefineDetTrainer(keras.Model):
     def _report(self, losses):
         # Each replica's loss is its share of the global loss: the sum is the global value, the
         # same on every replica, so Keras' cross-replica "mean" of the logs reports it as is.
-        report = _sum_over_replicas({k: losses[k] for k in LOSS_NAMES})
+        report = sum_over_replicas({k: losses[k] for k in self.loss_names})
         report["num_pos"] = losses["num_pos"]
         report["lr"] = tf.cast(self.optimizer.learning_rate, tf.float32) if hasattr(
             self.optimizer, "learning_rate") else tf.constant(0.0)

@@ -17,8 +17,6 @@ the image) is not always enough.
 
 import tensorflow as tf
 
-from refinedet_tf import postprocess
-
 
 def class_aware_nms(boxes_yxyx, scores, max_detections, iou_threshold, score_threshold,
                     pre_nms_top_k):
@@ -57,37 +55,3 @@ def class_aware_nms(boxes_yxyx, scores, max_detections, iou_threshold, score_thr
         "detection_classes": (tf.gather(class_index, selected) + 1) * tf.cast(valid, tf.int32),
         "num_detections": num_valid,
     }
-
-
-def detect_builtin(outputs, anchors_yxyx, config, max_detections=None, score_threshold=None,
-                   nms_iou=None):
-    """`postprocess.detect` from TFLite built-in ops (and ops tf2onnx converts).
-
-    A batch whose static size is 1 (the TFLite export) runs `class_aware_nms` once; any other
-    batch maps it over the images (`tf.map_fn`, an ONNX Loop).
-
-    Args:
-      outputs: dict arm_loc [B, A, 4], arm_conf [B, A, 2], odm_loc [B, A, 4], odm_conf [B, A, C].
-      anchors_yxyx: [A, 4]. Thresholds default to the config's, as in `detect`.
-    Returns:
-      dict detection_boxes [B, M, 4] yxyx, detection_scores [B, M], detection_classes [B, M]
-      int32 (1..C-1, 0 in padding rows), num_detections [B] int32.
-    """
-    max_detections = config.max_detections if max_detections is None else max_detections
-    score_threshold = config.score_threshold if score_threshold is None else score_threshold
-    nms_iou = config.nms_iou if nms_iou is None else nms_iou
-    decoded = postprocess.decode(outputs, anchors_yxyx, config)
-
-    def one_image(boxes, scores):
-        return class_aware_nms(boxes, scores[:, 1:], max_detections, nms_iou, score_threshold,
-                               config.pre_nms_top_k)
-
-    if decoded["boxes"].shape[0] == 1:
-        result = one_image(decoded["boxes"][0], decoded["scores"][0])
-        return {name: value[None] for name, value in result.items()}
-    names = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-    mapped = tf.map_fn(
-        lambda args: tuple(one_image(*args)[name] for name in names),
-        (decoded["boxes"], decoded["scores"]),
-        fn_output_signature=(tf.float32, tf.float32, tf.int32, tf.int32))
-    return dict(zip(names, mapped))
