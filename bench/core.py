@@ -20,14 +20,13 @@ import tensorflow as tf  # noqa: E402
 
 import refinedet_tf  # noqa: E402
 from bench.machine import describe  # noqa: E402
+from refinedet_tf.layers import find_layers  # noqa: E402
 
 
 def conv_flops(model):
     """Multiply-adds x 2 of the convolutions (everything else is noise for these networks)."""
     total = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
-        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Conv2DTranspose)):
-            continue
+    for layer in find_layers(model, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Conv2DTranspose)):
         out_shape = layer.output.shape
         in_shape = layer.input.shape
         kh, kw = layer.kernel_size

@@ -39,7 +39,7 @@ def area(boxes_yxyx):
 
 
 def pairwise_iou(boxes1_yxyx, boxes2_yxyx):
-    """IoU of every pair: [..., N, 4] x [..., M, 4] -> [..., N, M].
+    """IoU of every pair: [..., N1, 4] x [..., N2, 4] -> [..., N1, N2].
 
     Leading dimensions must match (e.g. a batch). Empty boxes give IoU 0, never NaN.
     """

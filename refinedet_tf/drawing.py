@@ -56,7 +56,7 @@ def draw_ground_truth_and_detections(images, targets, detections, config, class_
 
     Args:
       images: [B, S, S, 3] preprocessed (`preprocessing.preprocess_images` of `config`).
-      targets: dict boxes [B, M, 4] normalized yxyx, mask [B, M].
+      targets: dict boxes [B, G, 4] normalized yxyx, mask [B, G].
       detections: the dict of `Architecture.detect`.
     """
     pixels = np.asarray(unpreprocess_images(images[:limit], config))

@@ -30,12 +30,18 @@ class L2Normalization(keras.layers.Layer):
         return {**super().get_config(), "init_scale": self.init_scale, "epsilon": self.epsilon}
 
 
-def batch_norm_layers(model):
-    """Every BatchNormalization layer of `model`, nested models included (in layer order)."""
+def find_layers(model, kinds):
+    """Every layer of `model` that is an instance of `kinds` (a class or tuple of classes),
+    nested models included, in layer order. (Keras' own recursive walk is private.)"""
     found = []
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, kinds):
             found.append(layer)
         elif isinstance(layer, keras.Model):
-            found.extend(batch_norm_layers(layer))
+            found.extend(find_layers(layer, kinds))
     return found
+
+
+def batch_norm_layers(model):
+    """Every BatchNormalization layer of `model`, nested models included."""
+    return find_layers(model, keras.layers.BatchNormalization)

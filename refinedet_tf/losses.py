@@ -126,20 +126,20 @@ def _check_ground_truth(gt_boxes_yxyx, gt_classes, gt_mask, num_classes):
     gt_classes = tf.convert_to_tensor(gt_classes)
     gt_mask = tf.convert_to_tensor(gt_mask)
     if gt_boxes_yxyx.shape.rank != 3 or gt_boxes_yxyx.shape[-1] != 4:
-        raise ValueError(f"expected gt_boxes_yxyx [B, M, 4], got shape {gt_boxes_yxyx.shape}")
+        raise ValueError(f"expected gt_boxes_yxyx [B, G, 4], got shape {gt_boxes_yxyx.shape}")
     if not gt_boxes_yxyx.dtype.is_floating:
         raise TypeError(f"expected gt_boxes_yxyx float32, got {gt_boxes_yxyx.dtype.name}")
     if gt_classes.shape.rank != 2:
-        raise ValueError(f"expected gt_classes [B, M], got shape {gt_classes.shape}")
+        raise ValueError(f"expected gt_classes [B, G], got shape {gt_classes.shape}")
     if not gt_classes.dtype.is_integer:
         raise TypeError(f"expected gt_classes int32, got {gt_classes.dtype.name}")
     if gt_mask.shape.rank != 2 or gt_mask.dtype != tf.bool:
-        raise ValueError(f"expected gt_mask [B, M] bool, got {gt_mask.dtype.name} {gt_mask.shape}")
+        raise ValueError(f"expected gt_mask [B, G] bool, got {gt_mask.dtype.name} {gt_mask.shape}")
     if not (gt_boxes_yxyx.shape[:2].is_compatible_with(gt_classes.shape)
             and gt_classes.shape.is_compatible_with(gt_mask.shape)):
         raise ValueError(
             f"gt_boxes_yxyx {gt_boxes_yxyx.shape}, gt_classes {gt_classes.shape} and gt_mask "
-            f"{gt_mask.shape} must agree on [B, M]")
+            f"{gt_mask.shape} must agree on [B, G]")
     boxes = tf.cast(gt_boxes_yxyx, tf.float32)
     classes = tf.cast(gt_classes, tf.int32)
     padding = tf.logical_not(gt_mask)
@@ -239,7 +239,7 @@ def refinedet_loss(outputs, gt_boxes_yxyx, gt_classes, gt_mask, anchors_yxyx, co
 
     Args:
       outputs: dict of the model's outputs (arm_loc, arm_conf, odm_loc, odm_conf).
-      gt_boxes_yxyx: [B, M, 4] float32; gt_classes: [B, M] int32 in 1..C-1; gt_mask: [B, M] bool.
+      gt_boxes_yxyx: [B, G, 4] float32; gt_classes: [B, G] int32 in 1..C-1; gt_mask: [B, G] bool.
       anchors_yxyx: [A, 4].
     Returns:
       dict arm_loc, arm_conf, odm_loc, odm_conf, total (float32 scalars).

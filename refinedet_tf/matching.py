@@ -1,7 +1,7 @@
 """Anchor-to-ground-truth matching (SSD's PER_PREDICTION matcher), batched.
 
-Ground truth arrives padded: boxes [B, M, 4] with a validity mask [B, M], so a whole batch is
-matched with one [B, M, A] IoU tensor and no loop over images or boxes.
+Ground truth arrives padded: boxes [B, G, 4] with a validity mask [B, G], so a whole batch is
+matched with one [B, G, A] IoU tensor and no loop over images or boxes.
 """
 
 import tensorflow as tf
@@ -30,11 +30,11 @@ def match_anchors(anchors_yxyx, gt_boxes_yxyx, gt_mask, iou_threshold=0.5):
 
     Args:
       anchors_yxyx: [A, 4] or [B, A, 4] (per-image anchors, e.g. ARM-refined).
-      gt_boxes_yxyx: [B, M, 4].
-      gt_mask: [B, M] bool, True for real boxes (padding is never matched).
+      gt_boxes_yxyx: [B, G, 4].
+      gt_mask: [B, G] bool, True for real boxes (padding is never matched).
       iou_threshold: positives have IoU >= this (IoU == threshold is positive).
     Returns:
-      matched_gt: [B, A] int32 index into M (meaningful only where `positive`),
+      matched_gt: [B, A] int32 index into G (meaningful only where `positive`),
       positive: [B, A] bool,
       match_iou: [B, A] float32, best IoU, FORCED_MATCH_IOU for bipartite matches,
         -1 where the image has no valid box.
@@ -45,7 +45,7 @@ def match_anchors(anchors_yxyx, gt_boxes_yxyx, gt_mask, iou_threshold=0.5):
     batch = tf.shape(gt_boxes_yxyx)[0]
     if anchors_yxyx.shape.rank == 2:
         anchors_yxyx = tf.broadcast_to(anchors_yxyx[None], [batch, tf.shape(anchors_yxyx)[0], 4])
-    iou = box_coding.pairwise_iou(gt_boxes_yxyx, anchors_yxyx)  # [B, M, A]
+    iou = box_coding.pairwise_iou(gt_boxes_yxyx, anchors_yxyx)  # [B, G, A]
     # A diverged ARM can refine anchors into NaN; such an anchor matches nothing (the loss then
     # turns NaN and training stops with a clear message) instead of producing an invalid index.
     iou = tf.where(tf.math.is_nan(iou), 0.0, iou)
@@ -53,7 +53,7 @@ def match_anchors(anchors_yxyx, gt_boxes_yxyx, gt_mask, iou_threshold=0.5):
     num_gt = tf.shape(iou)[1]
     num_anchors = tf.shape(iou)[2]
 
-    best_anchor = _argmax_first(iou, axis=2)  # [B, M]
+    best_anchor = _argmax_first(iou, axis=2)  # [B, G]
     best_gt = _argmax_first(iou, axis=1)  # [B, A]
     best_gt_iou = tf.reduce_max(iou, axis=1) if iou.shape[1] != 0 else tf.fill([batch, num_anchors], -1.0)
 
@@ -73,7 +73,7 @@ def assign_targets(anchors_yxyx, gt_boxes_yxyx, gt_classes, gt_mask, variances, 
 
     Args:
       anchors_yxyx: [A, 4] or [B, A, 4] anchors the targets are encoded against.
-      gt_boxes_yxyx: [B, M, 4]; gt_classes: [B, M] int32 (1..C-1); gt_mask: [B, M] bool.
+      gt_boxes_yxyx: [B, G, 4]; gt_classes: [B, G] int32 (1..C-1); gt_mask: [B, G] bool.
       variances: 4 floats (cy, cx, h, w).
     Returns:
       loc_targets [B, A, 4] (ty, tx, th, tw); class_targets [B, A] int32 (0 = background);

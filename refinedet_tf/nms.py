@@ -24,23 +24,23 @@ def class_aware_nms(boxes_yxyx, scores, max_detections, iou_threshold, score_thr
 
     Args:
       boxes_yxyx: [A, 4] float32 decoded boxes, normalized yxyx (any values, not clipped).
-      scores: [A, K] float32 object-class scores (background column removed), column k is
-        class k + 1. Scores <= score_threshold are never kept.
-      max_detections: M, the number of output rows (keep_top_k).
+      scores: [A, C-1] float32 object-class scores (background column removed), column j is
+        class j + 1. Scores <= score_threshold are never kept.
+      max_detections: D, the number of output rows (keep_top_k).
       iou_threshold: a box is suppressed when its IoU with a kept box of its class is larger.
       score_threshold: boxes need a score > score_threshold.
       pre_nms_top_k: candidates per class before NMS (the reference's top_k).
     Returns:
-      dict detection_boxes [M, 4] yxyx, detection_scores [M], detection_classes [M] int32
-      (1..K), num_detections int32 scalar; rows past num_detections are zero.
+      dict detection_boxes [D, 4] yxyx, detection_scores [D], detection_classes [D] int32
+      (1..C-1), num_detections int32 scalar; rows past num_detections are zero.
     """
     num_anchors, num_object_classes = scores.shape[-2], scores.shape[-1]
     k = min(int(pre_nms_top_k), int(num_anchors))
     scores = tf.where(scores > score_threshold, scores, 0.0)
-    top_scores, top_index = tf.math.top_k(tf.transpose(scores), k=k)  # [K, k]
-    candidates = tf.gather(boxes_yxyx, tf.reshape(top_index, [-1]))  # [K*k, 4]
+    top_scores, top_index = tf.math.top_k(tf.transpose(scores), k=k)  # [C-1, k]
+    candidates = tf.gather(boxes_yxyx, tf.reshape(top_index, [-1]))  # [(C-1)*k, 4]
     candidate_scores = tf.reshape(top_scores, [-1])
-    class_index = tf.repeat(tf.range(num_object_classes, dtype=tf.int32), k)  # [K*k]
+    class_index = tf.repeat(tf.range(num_object_classes, dtype=tf.int32), k)  # [(C-1)*k]
     span = tf.reduce_max(candidates) - tf.reduce_min(candidates) + 1.0
     shifted = candidates + (tf.cast(class_index, tf.float32) * span)[:, None]
     selected, selected_scores, num_valid = tf.raw_ops.NonMaxSuppressionV5(

@@ -43,14 +43,14 @@ def select_top_k_per_class(boxes_yxyx, scores, top_k):
     """Per class, the `top_k` highest-scoring anchors (the reference's pre-NMS top_k).
 
     Args:
-      boxes_yxyx: [B, A, 4]; scores: [B, A, K] (object classes only).
+      boxes_yxyx: [B, A, 4]; scores: [B, A, C-1] (object classes only).
     Returns:
-      boxes [B, k, K, 4] and scores [B, k, K], k = min(top_k, A): candidate j of class c is
+      boxes [B, k, C-1, 4] and scores [B, k, C-1], k = min(top_k, A): candidate j of class c is
       boxes[:, j, c], as `combined_non_max_suppression` expects for per-class boxes.
     """
     k = min(top_k, boxes_yxyx.shape[1])
-    top_scores, top_index = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k)  # [B, K, k]
-    top_boxes = tf.gather(boxes_yxyx, top_index, batch_dims=1)  # [B, K, k, 4]
+    top_scores, top_index = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k)  # [B, C-1, k]
+    top_boxes = tf.gather(boxes_yxyx, top_index, batch_dims=1)  # [B, C-1, k, 4]
     return tf.transpose(top_boxes, [0, 2, 1, 3]), tf.transpose(top_scores, [0, 2, 1])
 
 
@@ -61,8 +61,8 @@ def detect(outputs, anchors_yxyx, config, max_detections=None, score_threshold=N
     suppresses IoU > nms_iou; then the `max_detections` (keep_top_k) best over all classes.
 
     Returns:
-      dict detection_boxes [B, K, 4] yxyx, detection_scores [B, K], detection_classes [B, K]
-      int32 (1..C-1), num_detections [B] int32; K = max_detections, rows past num_detections
+      dict detection_boxes [B, D, 4] yxyx, detection_scores [B, D], detection_classes [B, D]
+      int32 (1..C-1), num_detections [B] int32; D = max_detections, rows past num_detections
       are zero.
     """
     max_detections = config.max_detections if max_detections is None else max_detections
@@ -99,7 +99,7 @@ def detect_builtin(outputs, anchors_yxyx, config, max_detections=None, score_thr
       outputs: dict arm_loc [B, A, 4], arm_conf [B, A, 2], odm_loc [B, A, 4], odm_conf [B, A, C].
       anchors_yxyx: [A, 4]. Thresholds default to the config's, as in `detect`.
     Returns:
-      dict detection_boxes [B, M, 4] yxyx, detection_scores [B, M], detection_classes [B, M]
+      dict detection_boxes [B, D, 4] yxyx, detection_scores [B, D], detection_classes [B, D]
       int32 (1..C-1, 0 in padding rows), num_detections [B] int32.
     """
     max_detections = config.max_detections if max_detections is None else max_detections

@@ -87,3 +87,39 @@ def test_the_checker_finds_a_cycle_through_a_deferred_import(tmp_path):
 
 def test_no_import_cycle_in_the_package():
     assert cycles(import_graph(ROOT, "refinedet_tf")) == []
+
+
+# Modules that know RefineDet itself: its network, anchors, targets, losses and decoding. The
+# shared machinery (training, evaluation, export, checkpoints) reaches them only through the
+# detector interface, `refinedet_tf.architectures`, so a second architecture plugs in there.
+REFINEDET_SPECIFIC = ("refinedet_tf.anchors", "refinedet_tf.backbones", "refinedet_tf.heads", "refinedet_tf.losses",
+                      "refinedet_tf.matching", "refinedet_tf.model", "refinedet_tf.postprocess",
+                      "refinedet_tf.data.anchor_fit", "refinedet_tf.data.inspect")
+SHARED_MACHINERY = ("refinedet_tf.training", "refinedet_tf.evaluation", "refinedet_tf.export",
+                    "refinedet_tf.checkpoints")
+INTERFACE = "refinedet_tf.architectures"
+
+
+def _within(name, prefixes):
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def reachable_without(graph, start, barrier):
+    """Modules `start` imports directly or through others, never passing through `barrier`."""
+    seen, todo = set(), [start]
+    while todo:
+        for other in graph[todo.pop()]:
+            if other not in seen and not _within(other, (barrier,)):
+                seen.add(other)
+                todo.append(other)
+    return seen
+
+
+def test_shared_machinery_reaches_refinedet_only_through_the_interface():
+    graph = import_graph(ROOT, "refinedet_tf")
+    leaks = {name: sorted(m for m in reachable_without(graph, name, INTERFACE) if _within(m, REFINEDET_SPECIFIC))
+             for name in graph if _within(name, SHARED_MACHINERY)}
+    assert {name: found for name, found in leaks.items() if found} == {}
+    # The interface is what does import them (so the list above names real modules).
+    assert {m for m in graph["refinedet_tf.architectures.refinedet"] if _within(m, REFINEDET_SPECIFIC)} >= {
+        "refinedet_tf.model", "refinedet_tf.losses", "refinedet_tf.postprocess", "refinedet_tf.anchors"}

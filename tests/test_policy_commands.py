@@ -101,7 +101,7 @@ def test_training_drops_and_counts_the_one_pixel_boxes_in_every_format(one_pixel
     for form in ("voc", "coco", "tfrecord"):
         options = options_lib.TrainOptions(data=one_pixel_set[form], val_data=one_pixel_set[form], split=None,
                                        val_split=None, model_dir=str(tmp_path / form))
-        train, val, names, _ = run_lib._data_sources(options)  # pylint: disable=protected-access
+        train, val, names, _ = run_lib.data_sources(options)
         assert names == ["background", "cat", "dog"]
         assert train.report.boxes == 4 and train.report.count("small_box") == 3, form
         assert sum(len(m["classes"]) for m in train.metadata) == 4

@@ -61,8 +61,8 @@ class Architecture(abc.ABC):
 
         Args:
           outputs: the model's output dict for the batch.
-          targets: dict boxes [B, M, 4] normalized yxyx, classes [B, M] int32 (1..C-1), mask
-            [B, M] (number or bool; True where a box is real).
+          targets: dict boxes [B, G, 4] normalized yxyx, classes [B, G] int32 (1..C-1), mask
+            [B, G] (number or bool; True where a box is real).
           global_sum: sums a tensor over all replicas (identity on one device). Losses
             normalized by a count (positives, sampled anchors) divide by the count of the
             whole global batch, so that N replicas compute the gradient one device would.
@@ -76,9 +76,9 @@ class Architecture(abc.ABC):
         """Raw outputs -> detections (None: the config's thresholds).
 
         Returns:
-          dict detection_boxes [B, K, 4] normalized yxyx, detection_scores [B, K],
-          detection_classes [B, K] int32 contiguous class ids (1..C-1, 0 in padding rows),
-          num_detections [B] int32; K = max_detections.
+          dict detection_boxes [B, D, 4] normalized yxyx, detection_scores [B, D],
+          detection_classes [B, D] int32 contiguous class ids (1..C-1, 0 in padding rows),
+          num_detections [B] int32; D = max_detections.
         """
 
     @abc.abstractmethod

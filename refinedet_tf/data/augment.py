@@ -269,11 +269,11 @@ def expand_image(image, expand, fill_rgb):
 def generate_crop_candidates(seed, samplers=SSD_BATCH_SAMPLERS):
     """All candidate crops of all samplers at once, as one random draw.
 
-    seed: int [2]. Returns [K, T, 4] float32 yxyx crops normalized to the canvas, where
-    K = len(samplers) and T = max(max_trials); trials past a sampler's max_trials are drawn
+    seed: int [2]. Returns [P, T, 4] float32 yxyx crops normalized to the canvas, where
+    P = len(samplers) and T = max(max_trials); trials past a sampler's max_trials are drawn
     but never used. w = scale * sqrt(aspect), h = scale / sqrt(aspect), see BatchSampler.
     """
-    def column(name):  # [K, 1], broadcasts against the [K, T] draws
+    def column(name):  # [P, 1], broadcasts against the [P, T] draws
         return tf.constant([[getattr(s, name)] for s in samplers], tf.float32)
 
     num_trials = max(s.max_trials for s in samplers)
@@ -310,7 +310,7 @@ def sample_crop(seed, boxes_yxyx, canvas_height, canvas_width, samplers=SSD_BATC
     """Caffe's GenerateBatchSamples + the uniform pick among the samplers that produced one.
 
     Every sampler's T trials are generated together (`generate_crop_candidates`), snapped to
-    the canvas pixel grid, and compared with every ground-truth box as one [K*T, N] IoU;
+    the canvas pixel grid, and compared with every ground-truth box as one [P*T, N] IoU;
     each sampler keeps its first satisfying trial (max_sample 1); one sampler is then picked
     uniformly among those that found a crop (the whole-image sampler always does).
 
@@ -321,28 +321,28 @@ def sample_crop(seed, boxes_yxyx, canvas_height, canvas_width, samplers=SSD_BATC
     Returns a dict:
       crop_px: int32 [4] the chosen crop, canvas pixels [y0, x0, y1, x1).
       sampler: int32 scalar, index of the chosen sampler in `samplers`.
-      found: bool [K], whether each sampler produced a crop.
-      sampler_crops_px: int32 [K, 4], each sampler's first satisfying crop (whole canvas
+      found: bool [P], whether each sampler produced a crop.
+      sampler_crops_px: int32 [P, 4], each sampler's first satisfying crop (whole canvas
         where it found none).
     """
     candidate_seed, pick_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     num_samplers = len(samplers)
-    candidates = generate_crop_candidates(candidate_seed, samplers)  # [K, T, 4]
+    candidates = generate_crop_candidates(candidate_seed, samplers)  # [P, T, 4]
     num_trials = candidates.shape[1]
-    crops_px = snap_crops_to_pixels(candidates, canvas_height, canvas_width)  # [K, T, 4]
+    crops_px = snap_crops_to_pixels(candidates, canvas_height, canvas_width)  # [P, T, 4]
     ch, cw = tf.cast(canvas_height, tf.float32), tf.cast(canvas_width, tf.float32)
     crops = tf.cast(crops_px, tf.float32) / tf.stack([ch, cw, ch, cw])
     boxes = tf.reshape(tf.cast(boxes_yxyx, tf.float32), [-1, 4])
-    iou = pairwise_iou(tf.reshape(crops, [-1, 4]), boxes)  # [K*T, N]
+    iou = pairwise_iou(tf.reshape(crops, [-1, 4]), boxes)  # [P*T, N]
     iou = tf.reshape(iou, [num_samplers, num_trials, -1])
     min_iou = tf.constant([-1.0 if s.min_jaccard is None else s.min_jaccard for s in samplers])
     max_iou = tf.constant([2.0 if s.max_jaccard is None else s.max_jaccard for s in samplers])
     overlaps = (iou >= min_iou[:, None, None]) & (iou <= max_iou[:, None, None])
-    has_constraint = tf.constant([[s.has_constraint] for s in samplers])  # [K, 1]
-    satisfied = tf.where(has_constraint, tf.reduce_any(overlaps, axis=-1), True)  # [K, T]
+    has_constraint = tf.constant([[s.has_constraint] for s in samplers])  # [P, 1]
+    satisfied = tf.where(has_constraint, tf.reduce_any(overlaps, axis=-1), True)  # [P, T]
     trials = tf.range(num_trials)[None, :]  # [1, T]
     satisfied &= trials < tf.constant([[s.max_trials] for s in samplers])
-    found = tf.reduce_any(satisfied, axis=1)  # [K]
+    found = tf.reduce_any(satisfied, axis=1)  # [P]
     # First satisfying trial (argmax does not promise the first of ties); T - 1 if none.
     first = tf.reduce_min(tf.where(satisfied, trials, num_trials - 1), axis=1)
     whole = tf.stack([0, 0, tf.cast(canvas_height, tf.int32), tf.cast(canvas_width, tf.int32)])
@@ -501,10 +501,10 @@ def augment_example(example, config, seed=None, augment=True):
       seed: int [2], the example's seed (required when augment=True).
       augment: True: the Caffe training augmentation; False: the eval path (bilinear warp
         resize, boxes unchanged).
-    Returns a dict: `image` float32 [S, S, 3] preprocessed; `boxes` float32 [K, 4] normalized
-      yxyx of the output image; `classes` int32 [K]; `difficult`, `is_crowd` bool [K];
-      `image_id`, `height`, `width` passed through (the original size). K <= N with
-      augmentation (boxes failing the CENTER rule are dropped), K = N without.
+    Returns a dict: `image` float32 [S, S, 3] preprocessed; `boxes` float32 [N', 4] normalized
+      yxyx of the output image; `classes` int32 [N']; `difficult`, `is_crowd` bool [N'];
+      `image_id`, `height`, `width` passed through (the original size). N' <= N (the input's boxes)
+      with augmentation (boxes failing the CENTER rule are dropped), N' = N without.
     """
     image = example["image"]
     boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])

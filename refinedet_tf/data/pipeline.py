@@ -4,15 +4,15 @@ Input: a `tf.data.Dataset` of the reader contract (one dict per image): `image` 
 [H, W, 3] RGB, `image_id` string, `height`, `width` int32, `boxes` float32 [N, 4] normalized
 yxyx, `classes` int32 [N], `difficult` bool [N], `is_crowd` bool [N].
 
-Output: `(images, targets)` batches. With B the batch size, M = `max_boxes`, S the image size:
+Output: `(images, targets)` batches. With B the batch size, G = `max_boxes`, S the image size:
   images: float32 [B, S, S, 3], preprocessed (`preprocess_images`).
   targets: dict
-    boxes:         float32 [B, M, 4] normalized yxyx of the output image, zeros where padded;
-    classes:       int32 [B, M], 0 (background) where padded;
-    mask:          bool [B, M], True for real boxes (they come first);
-    difficult:     bool [B, M]; is_crowd: bool [B, M] (False where padded);
+    boxes:         float32 [B, G, 4] normalized yxyx of the output image, zeros where padded;
+    classes:       int32 [B, G], 0 (background) where padded;
+    mask:          bool [B, G], True for real boxes (they come first);
+    difficult:     bool [B, G]; is_crowd: bool [B, G] (False where padded);
     image_id:      string [B]; height, width: int32 [B], the original image size;
-    num_truncated: int32 [B], boxes dropped because more than M survived the augmentation
+    num_truncated: int32 [B], boxes dropped because more than G survived the augmentation
                    (always 0 unless truncate_boxes=True).
 
 Randomness: example i of the stream gets the seed `stateless_fold_in([seed, seed_stream], i)`
@@ -76,9 +76,9 @@ def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
       training: True: shuffle, Caffe augmentation, drop the last partial batch;
         False: the eval path (bilinear resize, boxes unchanged), keep the partial batch.
       seed: int, the augmentation and shuffle seed.
-      max_boxes: M, the padded number of boxes per image.
-      truncate_boxes: False: an image with more than M boxes raises InvalidArgumentError
-        naming its image_id. True: keep the first M boxes left after augmentation and count
+      max_boxes: G, the padded number of boxes per image.
+      truncate_boxes: False: an image with more than G boxes raises InvalidArgumentError
+        naming its image_id. True: keep the first G boxes left after augmentation and count
         the others in `targets["num_truncated"]`.
       deterministic: `tf.data.Options.deterministic` (order of the parallel map).
       num_parallel_calls: of the augmentation map.

@@ -38,7 +38,7 @@ class COCOEvaluator:
         self.class_names = check_class_names(class_names)
         self.category_ids = resolve_category_ids(category_ids, len(self.class_names))
         self._images = {}  # image id -> {"boxes", "classes", "is_crowd", "areas", "height", "width"}
-        self._dets = []  # per add_detections call: (image id, boxes [K, 4], scores [K], classes [K])
+        self._dets = []  # per add_detections call: (image id, boxes [D, 4], scores [D], classes [D])
 
     @property
     def num_images(self):
@@ -79,9 +79,9 @@ class COCOEvaluator:
 
         Args:
           image_id: str or int; its ground truth may be added before or after.
-          boxes_yxyx: [K, 4] float pixels [ymin, xmin, ymax, xmax], COCO convention.
-          scores: [K] float.
-          classes: [K] int contiguous class ids in 1..C-1.
+          boxes_yxyx: [D, 4] float pixels [ymin, xmin, ymax, xmax], COCO convention.
+          scores: [D] float.
+          classes: [D] int contiguous class ids in 1..C-1.
         """
         detections = as_detections(image_id, boxes_yxyx, scores, classes, len(self.class_names))
         if len(detections[1]):
@@ -175,7 +175,8 @@ class COCOEvaluator:
     def _result(self, coco_eval, summary):
         """Result dict from an accumulated and summarized COCOeval."""
         metrics = {name: _defined(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
-        # precision: [T iou thresholds, R recall thresholds, K categories, A areas, M max dets];
+        # precision (pycocotools' letters): [T iou thresholds, R recall thresholds, K categories, A areas,
+        # M max dets];
         # area index 0 = "all", max-dets index -1 = 100; -1 entries mean "no ground truth".
         precision = coco_eval.eval["precision"][:, :, :, 0, -1]
         category_index = {cat: k for k, cat in enumerate(coco_eval.params.catIds)}

@@ -78,8 +78,8 @@ def detections_to_coco_results(detections_by_image, category_ids=None, decimals=
     """Per-image detections -> list of COCO result dicts (what the JSON file holds).
 
     Args:
-      detections_by_image: {image_id: (boxes_yxyx [K, 4] float pixels, scores [K] float,
-        classes [K] int contiguous ids 1..C-1)}; image_id a str or int.
+      detections_by_image: {image_id: (boxes_yxyx [D, 4] float pixels, scores [D] float,
+        classes [D] int contiguous ids 1..C-1)}; image_id a str or int.
       category_ids: None (identity, any class id >= 1), a sequence indexed by class id
         (length C, entry 0 ignored) or a mapping {class id: category id}; see
         `resolve_category_ids`.
@@ -158,7 +158,7 @@ def coco_results_to_detections(entries, category_ids=None):
       entries: list of validated result dicts (as `read_coco_results` returns).
       category_ids: the same mapping used for writing (None = identity).
     Returns:
-      {image_id: (boxes_yxyx [K, 4] float64 pixels, scores [K] float64, classes [K] int64)}
+      {image_id: (boxes_yxyx [D, 4] float64 pixels, scores [D] float64, classes [D] int64)}
       with images and detections in first-seen file order.
     Raises:
       ValueError naming the entry whose category id maps to no class.
@@ -238,7 +238,7 @@ def _num_classes(category_ids):
 
 
 def _unpack_detection(detection, image_id):
-    """(boxes [K, 4], scores [K], classes [K]) checked arrays of one image."""
+    """(boxes [D, 4], scores [D], classes [D]) checked arrays of one image."""
     try:
         boxes, scores, classes = detection
     except (TypeError, ValueError):

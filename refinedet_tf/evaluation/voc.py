@@ -174,10 +174,10 @@ def match_detections(det_image, det_boxes, gt_image, gt_boxes, gt_difficult, num
     Args:
       det_image: [D] int image index of each detection (in score order).
       det_boxes: [D, 4] pixel yxyx boxes.
-      gt_image: [M] int image index of each ground truth of the class; ground truths of one
+      gt_image: [G] int image index of each ground truth of the class; ground truths of one
         image keep their input order (it decides argmax ties).
-      gt_boxes: [M, 4] pixel yxyx boxes.
-      gt_difficult: [M] bool.
+      gt_boxes: [G, 4] pixel yxyx boxes.
+      gt_difficult: [G] bool.
       num_images: number of image indices.
       iou_threshold: a match needs IoU > iou_threshold.
     Returns:
@@ -235,7 +235,7 @@ def precision_recall(tp, fp, num_positives):
 
 
 def as_detections(image_id, boxes_yxyx, scores, classes, num_classes):
-    """Checked detections of one image -> (image_id, boxes [K, 4], scores [K], classes [K]);
+    """Checked detections of one image -> (image_id, boxes [D, 4], scores [D], classes [D]);
     the input checks every evaluator applies to `add_detections`."""
     image_id = as_image_id(image_id)
     boxes = as_boxes(boxes_yxyx, "detection boxes_yxyx", image_id)
@@ -268,7 +268,7 @@ class VOCEvaluator:
         self.iou_threshold = float(iou_threshold)
         self._image_index = {}  # image id -> index into the ground-truth lists
         self._gt = []  # per image: (boxes [N, 4], classes [N], difficult [N])
-        self._dets = []  # per add_detections call: (image id, boxes [K, 4], scores [K], classes [K])
+        self._dets = []  # per add_detections call: (image id, boxes [D, 4], scores [D], classes [D])
 
     @property
     def num_images(self):
@@ -302,9 +302,9 @@ class VOCEvaluator:
 
         Args:
           image_id: str or int; its ground truth may be added before or after.
-          boxes_yxyx: [K, 4] float pixels [ymin, xmin, ymax, xmax], VOC convention.
-          scores: [K] float.
-          classes: [K] int class ids in 1..C-1.
+          boxes_yxyx: [D, 4] float pixels [ymin, xmin, ymax, xmax], VOC convention.
+          scores: [D] float.
+          classes: [D] int class ids in 1..C-1.
         """
         detections = as_detections(image_id, boxes_yxyx, scores, classes, len(self.class_names))
         if len(detections[1]):

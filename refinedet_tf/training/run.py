@@ -43,7 +43,7 @@ def _print(*args):
     print(*args, flush=True)
 
 
-def _data_sources(options):
+def data_sources(options):
     """-> (train reader, val reader or None, class names, label map).
 
     The training set is read with the training policy (boxes under 2 pixels dropped, empty
@@ -100,7 +100,7 @@ def train(options, stream=None, extra_callbacks=()):
     stream = stream or sys.stdout
     start_time = time.time()
     get_preset(options.preset, **options.config_overrides)  # a bad --config fails before any data is read
-    train_reader, val_reader, class_names, _ = _data_sources(options)
+    train_reader, val_reader, class_names, _ = data_sources(options)
     config = config_for_data(options, class_names)
     architecture = architecture_for(config)
     is_chief, worker_index = _worker_role() if options.strategy == "multi_worker" else (True, 0)
