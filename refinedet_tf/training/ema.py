@@ -25,8 +25,11 @@ import tensorflow as tf
 
 
 def decay_at(decay, t):
-    """The decay of update t (0-based): min(decay, (1 + t) / (10 + t))."""
-    return min(float(decay), (1.0 + t) / (10.0 + t))
+    """The decay of update t (0-based): min(decay, (1 + t) / (10 + t)).
+
+    `t` is a number or a float tensor (the in-graph update); the result has its kind."""
+    warm_up = (1.0 + t) / (10.0 + t)
+    return tf.minimum(float(decay), warm_up) if isinstance(t, tf.Tensor) else min(float(decay), warm_up)
 
 
 class WeightAverage:
@@ -54,8 +57,7 @@ class WeightAverage:
         self.num_updates.assign(0)
 
     def _update(self):
-        t = tf.cast(self.num_updates, tf.float32)
-        d = tf.minimum(self.decay, (1.0 + t) / (10.0 + t))
+        d = decay_at(self.decay, tf.cast(self.num_updates, tf.float32))
         for average, variable in zip(self.averages, self._variables):
             value = tf.cast(variable.value, average.dtype)
             average.assign(d * average + (1.0 - d) * value)
