@@ -1,5 +1,6 @@
 """The moving average of the weights (--ema_decay): its decay warm-up by hand, the swap that
-evaluation and saving use, its checkpoint, MirroredStrategy, and a run that resumes with it."""
+evaluation and saving use, its checkpoint and MirroredStrategy. A run that resumes with it:
+test_training_runs.py::test_run_with_ema_resumes_its_average_and_saves_it."""
 
 import json
 import os
@@ -11,9 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from refinedet_tf.training import run as run_lib
 from refinedet_tf.training.ema import WeightAverage, decay_at
-from training_helpers import tiny_dataset, tiny_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -111,55 +110,3 @@ def test_average_under_mirrored_strategy_on_every_replica():
     np.testing.assert_allclose(replicas, [27.0, 27.0], rtol=1e-6)
     np.testing.assert_allclose(inside, [27.0, 27.0], rtol=1e-6)
     assert after == [1.0, 1.0]
-
-
-def _train(data, model_dir, steps, **kwargs):
-    """A tiny run with the average (in this process: the average's own arithmetic is checked
-    from the checkpoints, so the run need not be bit-reproducible)."""
-    return run_lib.train(tiny_options(data, model_dir, steps=steps, ema_decay=0.9, checkpoint_every=1,
-                                      keep_checkpoints=5, seed=5, **kwargs))
-
-
-def _checkpoint(model_dir, step):
-    """-> (trained weights, averages, num_updates) of checkpoint `step`, in trainable order."""
-    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints" / f"ckpt-{step}"))
-    from refinedet_tf.checkpoints import load_model
-    model, _ = load_model(str(model_dir / "checkpoints" / f"ckpt-{step}"))
-    trained = [v.numpy() for v in model.trainable_variables]
-    averages = [reader.get_tensor(f"weight_average/averages/{i}/.ATTRIBUTES/VARIABLE_VALUE")
-                for i in range(len(trained))]
-    return trained, averages, int(reader.get_tensor("weight_average/num_updates/.ATTRIBUTES/VARIABLE_VALUE"))
-
-
-def test_run_with_ema_resumes_its_average_and_saves_it(tmp_path, capsys):
-    from refinedet_tf.checkpoints import load_model
-
-    data = tiny_dataset(tmp_path / "data")
-    model_dir = tmp_path / "run"
-    _train(data, model_dir, 2)
-    capsys.readouterr()
-    # A second run continues from checkpoint 2, and evaluates both weight sets at its end.
-    summary = _train(data, model_dir, 4, val_data=data)
-    out = capsys.readouterr().out
-    assert "at step 2" in out and "with the averaged weights (trained weights:" in out
-    assert summary == json.loads((model_dir / "metrics.json").read_text())
-    assert summary["ema_decay"] == 0.9
-    assert {"voc07", "voc07_raw"} <= set(summary["evaluations"][-1])
-
-    # The resumed process continued the average it found in checkpoint 2, update by update:
-    # A4 = d3 * (d2 * A2 + (1 - d2) * W3) + (1 - d3) * W4 with d_t = min(0.9, (1 + t) / (10 + t)).
-    _, a2, n2 = _checkpoint(model_dir, 2)
-    w3, _, _ = _checkpoint(model_dir, 3)
-    w4, a4, n4 = _checkpoint(model_dir, 4)
-    assert (n2, n4) == (2, 4)
-    d2, d3 = decay_at(0.9, 2), decay_at(0.9, 3)
-    for i, (old, x3, x4, new) in enumerate(zip(a2, w3, w4, a4)):
-        expected = d3 * (d2 * old + (1 - d2) * x3) + (1 - d3) * x4
-        np.testing.assert_allclose(new, expected, rtol=1e-5, atol=1e-6, err_msg=f"average {i}")
-
-    # final.weights.h5 holds that average (with BatchNorm statistics recomputed for it), not
-    # the trained weights the checkpoint holds.
-    final, _ = load_model(str(model_dir / "final.weights.h5"))
-    for variable, value in zip(final.trainable_variables, a4):
-        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-6, atol=1e-7, err_msg=variable.path)
-    assert any(not np.allclose(a, b) for a, b in zip(w4, a4))

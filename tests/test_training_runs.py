@@ -1,6 +1,8 @@
-"""Whole training runs on a tiny synthetic set: resume after SIGKILL, NaN stop, ARM stage,
-outputs of a run."""
+"""Whole training runs on a tiny synthetic set: resume after SIGKILL, NaN stop, and one staged run
+(ARM warm-up, weight average, resume, validation) whose outputs several tests check."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -13,7 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from refinedet_tf.training import options as options_lib, run as run_lib
+from refinedet_tf.checkpoints import load_model
+from refinedet_tf.training import run as run_lib
+from refinedet_tf.training.ema import decay_at
 from refinedet_tf.training.trainer import DetectorTrainer
 from training_helpers import tiny_dataset, tiny_options
 
@@ -39,13 +43,10 @@ def _train_command(data, model_dir, steps):
 
 def test_killed_run_resumes_with_the_loss_of_an_uninterrupted_run(data, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    whole = tmp_path / "whole"
-    done = subprocess.run(_train_command(data, whole, 8), capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reference = _steps(whole)
-    assert sorted(reference) == list(range(1, 9))
-
-    killed = tmp_path / "killed"
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    # The uninterrupted run and the one to kill run side by side (the suite's time).
+    reference_run = subprocess.Popen(_train_command(data, whole, 8), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env=env)
     proc = subprocess.Popen(_train_command(data, killed, 8), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     marker = killed / "checkpoints" / "checkpoint"
@@ -58,6 +59,10 @@ def test_killed_run_resumes_with_the_loss_of_an_uninterrupted_run(data, tmp_path
     latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
     resumed_from = int(latest.rsplit("-", 1)[1])
     assert resumed_from in (3, 6)
+    _, errors = reference_run.communicate(timeout=600)
+    assert reference_run.returncode == 0, errors[-3000:]
+    reference = _steps(whole)
+    assert sorted(reference) == list(range(1, 9))
 
     again = subprocess.run(_train_command(data, killed, 8), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -89,34 +94,90 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_pat
     assert not (model_dir / "final.weights.h5").exists()
 
 
-def test_run_writes_config_metrics_logs_and_refuses_an_incompatible_resume(data, tmp_path):
-    model_dir = tmp_path / "run"
-    summary = run_lib.train(tiny_options(data, model_dir, steps=2, val_data=data, eval_every=0))
-    for name in ("config.json", "train_options.json", "metrics.json", "final.weights.h5", "best.weights.h5",
-                 "labelmap.txt", "steps.jsonl"):
-        assert (model_dir / name).exists(), name
-    assert summary["evaluations"] and summary["evaluations"][-1]["step"] == 2
-    assert 0.0 <= summary["evaluations"][-1]["voc07"] <= 1.0
-    assert os.listdir(model_dir / "logs" / "train") and os.listdir(model_dir / "logs" / "val")
-    with pytest.raises(ValueError, match="incompatible model .*image_size: saved 64 vs now 128"):
-        run_lib.train(tiny_options(data, model_dir, steps=4, config_overrides={"image_size": 128}))
-    # The same config resumes (and, being finished, does nothing more).
-    again = run_lib.train(tiny_options(data, model_dir, steps=2))
-    assert again["steps"] == 2
-
-
-def test_arm_warmup_stage_then_joint_training(data, tmp_path):
-    config = options_lib.config_for_data(tiny_options(data, tmp_path), ["background"] * 7)
+# One run shared by the tests below (training runs are the suite's slowest part): 2 steps of
+# ARM warm-up with the weight average, killed in effect (the process returns), then resumed to
+# step 4 of joint training with validation data, which evaluates both weight sets at the end.
+# It runs in this process: the average's arithmetic is checked from the checkpoints, so the run
+# need not be bit-reproducible (the killed-run test above checks that, with --deterministic).
+@pytest.fixture(scope="module")
+def staged_run(data, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("staged") / "run"
     snapshots = {}
 
     class Snapshot(keras.callbacks.Callback):
+        """TCB and ODM weights (BatchNorm statistics included) after every step."""
+
         def on_train_batch_end(self, batch, logs=None):
             step = int(self.model.optimizer.iterations.numpy())
-            odm = [v for v in self.model.weights if v.path.startswith(("tcb_", "odm_"))]
-            snapshots[step] = [v.numpy().copy() for v in odm]
+            snapshots[step] = [v.numpy().copy() for v in self.model.weights if v.path.startswith(("tcb_", "odm_"))]
 
-    run_lib.train(tiny_options(data, tmp_path / "staged", steps=4, arm_warmup_steps=2), extra_callbacks=[Snapshot()])
-    # Steps 1-2 (ARM only) leave TCB/ODM untouched; joint steps 3-4 move them.
+    def train(steps, **kwargs):
+        return run_lib.train(tiny_options(data, model_dir, steps=steps, ema_decay=0.9, checkpoint_every=1,
+                                          keep_checkpoints=5, seed=5, arm_warmup_steps=2, **kwargs),
+                             extra_callbacks=[Snapshot()])
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        first = train(2)
+        resumed = train(4, val_data=data)
+    return {"model_dir": model_dir, "first": first, "resumed": resumed, "stdout": out.getvalue(),
+            "snapshots": snapshots}
+
+
+def test_run_writes_config_metrics_logs_and_refuses_an_incompatible_resume(data, staged_run):
+    model_dir, summary = staged_run["model_dir"], staged_run["resumed"]
+    for name in ("config.json", "train_options.json", "metrics.json", "final.weights.h5", "best.weights.h5",
+                 "labelmap.txt", "steps.jsonl"):
+        assert (model_dir / name).exists(), name
+    assert summary == json.loads((model_dir / "metrics.json").read_text())
+    assert summary["evaluations"] and summary["evaluations"][-1]["step"] == 4
+    assert 0.0 <= summary["evaluations"][-1]["voc07"] <= 1.0
+    assert os.listdir(model_dir / "logs" / "train") and os.listdir(model_dir / "logs" / "val")
+    assert not staged_run["first"]["evaluations"]  # no validation data in the first part
+    with pytest.raises(ValueError, match="incompatible model .*image_size: saved 64 vs now 128"):
+        run_lib.train(tiny_options(data, model_dir, steps=4, config_overrides={"image_size": 128}))
+
+
+def test_arm_warmup_stage_then_joint_training(staged_run):
+    out, snapshots = staged_run["stdout"], staged_run["snapshots"]
+    assert "stage: ARM warm-up, 2 steps" in out and "stage: joint, 2 steps" in out
+    assert "at step 2" in out
+    # Steps 1-2 (ARM only) leave TCB/ODM untouched, BatchNorm statistics included; joint steps
+    # 3-4 move them.
     assert all(np.array_equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))
     assert any(not np.array_equal(a, b) for a, b in zip(snapshots[2], snapshots[3]))
-    assert config.image_size == 64
+
+
+def _checkpoint(model_dir, step):
+    """-> (trained weights, averages, num_updates) of checkpoint `step`, in trainable order."""
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints" / f"ckpt-{step}"))
+    model, _ = load_model(str(model_dir / "checkpoints" / f"ckpt-{step}"))
+    trained = [v.numpy() for v in model.trainable_variables]
+    averages = [reader.get_tensor(f"weight_average/averages/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+                for i in range(len(trained))]
+    return trained, averages, int(reader.get_tensor("weight_average/num_updates/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_run_with_ema_resumes_its_average_and_saves_it(staged_run):
+    model_dir, summary = staged_run["model_dir"], staged_run["resumed"]
+    assert "with the averaged weights (trained weights:" in staged_run["stdout"]
+    assert summary["ema_decay"] == 0.9
+    assert {"voc07", "voc07_raw"} <= set(summary["evaluations"][-1])
+
+    # The resumed run continued the average it found in checkpoint 2, update by update:
+    # A4 = d3 * (d2 * A2 + (1 - d2) * W3) + (1 - d3) * W4 with d_t = min(0.9, (1 + t) / (10 + t)).
+    _, a2, n2 = _checkpoint(model_dir, 2)
+    w3, _, _ = _checkpoint(model_dir, 3)
+    w4, a4, n4 = _checkpoint(model_dir, 4)
+    assert (n2, n4) == (2, 4)
+    d2, d3 = decay_at(0.9, 2), decay_at(0.9, 3)
+    for i, (old, x3, x4, new) in enumerate(zip(a2, w3, w4, a4)):
+        expected = d3 * (d2 * old + (1 - d2) * x3) + (1 - d3) * x4
+        np.testing.assert_allclose(new, expected, rtol=1e-5, atol=1e-6, err_msg=f"average {i}")
+
+    # final.weights.h5 holds that average (with BatchNorm statistics recomputed for it), not
+    # the trained weights the checkpoint holds.
+    final, _ = load_model(str(model_dir / "final.weights.h5"))
+    for variable, value in zip(final.trainable_variables, a4):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-6, atol=1e-7, err_msg=variable.path)
+    assert any(not np.allclose(a, b) for a, b in zip(w4, a4))

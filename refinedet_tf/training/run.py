@@ -188,7 +188,7 @@ def train(options, stream=None, extra_callbacks=()):
         stage_start = stage.end_step
         if steps <= 0 or state.poisoned or state.preempted:
             continue
-        if len(stages) > 1:
+        if len(stages) > 1 or stage.losses is not None or stage.frozen_layers:
             _print(f"stage: {stage.name}, {steps} steps")
         _enter_stage(trainer, architecture, stage, options.freeze_backbone)
         train_data = train_data_from(int(optimizer.iterations.numpy()))
