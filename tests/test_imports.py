@@ -87,3 +87,15 @@ def test_the_checker_finds_a_cycle_through_a_deferred_import(tmp_path):
 
 def test_no_import_cycle_in_the_package():
     assert cycles(import_graph(ROOT, "refinedet_tf")) == []
+
+
+def test_the_exporters_know_an_architecture_only_through_its_interface():
+    """export/ takes detections from `architecture_for(config)` (detect, detect_builtin,
+    class_scores) and imports none of RefineDet's own modules, so a second architecture
+    exports through the same code."""
+    internals = {f"refinedet_tf.{name}" for name in ("anchors", "postprocess", "model", "heads", "losses",
+                                                      "matching")}
+    graph = import_graph(ROOT, "refinedet_tf")
+    found = {name: sorted(targets & internals) for name, targets in graph.items()
+             if name.startswith("refinedet_tf.export") and targets & internals}
+    assert found == {}
