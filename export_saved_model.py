@@ -58,8 +58,7 @@ def define_flags():
 def export(argv_flags):
     """Runs the export described by the parsed flags; returns the written paths."""
     from refinedet_tf.checkpoints import label_map_for_checkpoint, load_model
-    from refinedet_tf.export import export_onnx, export_saved_model, export_tflite
-    from refinedet_tf.export.tflite import QUANTIZATIONS, calibration_images
+    from refinedet_tf.export import QUANTIZATIONS, calibration_images, export_onnx, export_saved_model, export_tflite
 
     f = argv_flags
     unknown = [q for q in f.tflite if q not in QUANTIZATIONS]

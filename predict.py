@@ -101,7 +101,9 @@ def make_predictor(checkpoint=None, saved_model=None, tflite=None, preset=None,
         label_map = load_label_map(label_map_path)
     if checkpoint:
         from refinedet_tf.checkpoints import label_map_for_checkpoint, load_model
-        from refinedet_tf.export.saved_model import DetectionModule, class_names, export_config, label_ids_table
+        from refinedet_tf.export.contract import export_config, label_ids_table
+        from refinedet_tf.export.model_files import class_names
+        from refinedet_tf.export.saved_model import DetectionModule
 
         model, config = load_model(checkpoint, preset)
         label_map = label_map or label_map_for_checkpoint(checkpoint)
@@ -112,7 +114,7 @@ def make_predictor(checkpoint=None, saved_model=None, tflite=None, preset=None,
 
         return Predictor("checkpoint", run, class_names(config, label_map), label_ids_table(config, label_map))
     if saved_model:
-        from refinedet_tf.export.saved_model import SavedModelDetector
+        from refinedet_tf.export.saved_model_client import SavedModelDetector
 
         detector = SavedModelDetector(saved_model)
         names, ids = detector.class_names, detector.label_ids
@@ -120,7 +122,7 @@ def make_predictor(checkpoint=None, saved_model=None, tflite=None, preset=None,
         def run(image):
             return detector(image[None])
     else:
-        from refinedet_tf.export.tflite import TFLiteDetector
+        from refinedet_tf.export.tflite_detector import TFLiteDetector
 
         detector = TFLiteDetector(tflite, num_threads=num_threads)
         names, ids = detector.class_names, detector.label_ids

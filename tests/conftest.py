@@ -152,8 +152,7 @@ def exported_demo_model(tiny_trained_model_dir, synthetic_val_dir, tmp_path_fact
     (SavedModel), tflite/ (fp32, fp16, int8 calibrated on the 16 train images), onnx/; 500
     detections per image, as the checkpoint's evaluation keeps."""
     from refinedet_tf.checkpoints import load_model
-    from refinedet_tf.export import export_onnx, export_saved_model, export_tflite
-    from refinedet_tf.export.tflite import calibration_images
+    from refinedet_tf.export import calibration_images, export_onnx, export_saved_model, export_tflite
 
     out = str(tmp_path_factory.mktemp("exported_demo"))
     model, config = load_model(tiny_trained_model_dir)

@@ -272,7 +272,7 @@ def test_raw_scores_are_left_out_by_default(exported):
 
 # ---------------------------------------------------------------------------------- TF Serving
 def test_rest_and_predict_request_bodies_give_the_same_outputs(exported, loaded):
-    from refinedet_tf.export import outputs_to_rest_response, predict_request_to_inputs, rest_request_to_inputs
+    from serving_emulation import outputs_to_rest_response, predict_request_to_inputs, rest_request_to_inputs
 
     signatures = loaded.signatures
     rng = np.random.RandomState(3)
@@ -325,7 +325,7 @@ def test_rest_and_predict_request_bodies_give_the_same_outputs(exported, loaded)
 
 
 def test_serving_requests_of_the_wrong_kind_are_rejected(loaded):
-    from refinedet_tf.export import ServingRequestError, predict_request_to_inputs, rest_request_to_inputs
+    from serving_emulation import ServingRequestError, predict_request_to_inputs, rest_request_to_inputs
 
     signatures = loaded.signatures
     bad_bodies = [

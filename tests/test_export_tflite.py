@@ -10,7 +10,8 @@ import tensorflow as tf
 from refinedet_tf import detect, generate_anchors, preprocess_images
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.export import TFLiteDetector, calibration_images, export_tflite
-from refinedet_tf.export.tflite import POSTPROCESS_FILE, make_interpreter
+from refinedet_tf.export.tflite import POSTPROCESS_FILE
+from refinedet_tf.export.tflite_detector import make_interpreter
 from refinedet_tf.nms import class_aware_nms
 from test_export_saved_model import LABEL_IDS, MAX_DETECTIONS, assert_same_detections, keras_detections, make_checkpoint
 

@@ -127,7 +127,7 @@ def test_evaluate_names_a_bad_example_or_skips_it(one_pixel_set, tmp_path):
 
 def test_calibration_data_follows_on_bad_example(one_pixel_set, tmp_path):
     from refinedet_tf import get_preset
-    from refinedet_tf.export.tflite import calibration_images
+    from refinedet_tf.export import calibration_images
 
     voc = make_voc(tmp_path / "calib", [dict(item, image=textured(*SIZES[item["id"]], seed=k))
                                         for k, item in enumerate(ITEMS)], labelmap=NAMES)

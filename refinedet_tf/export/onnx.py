@@ -2,15 +2,15 @@
 
 The ONNX model is the SavedModel's `serving_default` end to end: input `input_tensor` uint8
 [N, H, W, 3] RGB of any size; bilinear warp resize and the preset's normalization; the
-network; two-step decoding; class-aware NMS. Outputs: detection_boxes [N, M, 4] float32
-normalized yxyx, detection_scores [N, M], detection_classes [N, M] float32 label-map ids,
-num_detections [N] float32.
+network; the architecture's `detect_builtin`. Outputs: the served outputs of `contract.py`
+(detection_boxes [N, M, 4] float32 normalized yxyx, detection_scores [N, M],
+detection_classes [N, M] float32 label-map ids, num_detections [N] float32).
 
 tf2onnx converts `CombinedNonMaxSuppression` only when boxes are shared across classes
 (RefineDet's are per class: "CombinedNonMaxSuppression only currently implemented for boxes
-shared across classes"), so the NMS here is the built-in class-aware one of `nms.py`
-(NonMaxSuppressionV5 -> ONNX NonMaxSuppression), mapped over the batch (an ONNX Loop). It gives
-the same detections as `postprocess.detect`.
+shared across classes"), so the post-processing here is `detect_builtin`, whose NMS is the
+built-in class-aware one of `nms.py` (NonMaxSuppressionV5 -> ONNX NonMaxSuppression), mapped
+over the batch (an ONNX Loop). It gives the same detections as the architecture's `detect`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from refinedet_tf.anchors import generate_anchors
-from refinedet_tf.export.saved_model import (
+from refinedet_tf.architectures import architecture_for
+from refinedet_tf.export.contract import (
     DEFAULT_MAX_DETECTIONS,
     INPUT_NAME,
     export_config,
     label_ids_table,
-    read_model_files,
     resize_and_preprocess,
-    write_model_files,
+    served_outputs,
 )
-from refinedet_tf.postprocess import detect_builtin
+from refinedet_tf.export.model_files import read_model_files, write_model_files
 
 DEFAULT_OPSET = 17
 ONNX_FILE = "refinedet.onnx"
@@ -52,24 +51,14 @@ def export_onnx(model, config, output_dir, max_detections=DEFAULT_MAX_DETECTIONS
     """
     tf2onnx = _require_tf2onnx()
     config = export_config(config, max_detections, score_threshold, nms_iou)
-    anchors = generate_anchors(config)
-    # Constants are made inside the function: a tensor captured from outside would become a
-    # second ONNX graph input.
-    label_ids = label_ids_table(config, label_map).astype(np.float32)
+    architecture = architecture_for(config)
+    label_ids = label_ids_table(config, label_map)
     spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(input_tensor):
         outputs = model(resize_and_preprocess(input_tensor, config), training=False)
-        result = detect_builtin(outputs, anchors, config)
-        valid = tf.range(config.max_detections)[None, :] < result["num_detections"][:, None]
-        return {
-            "detection_boxes": result["detection_boxes"],
-            "detection_scores": result["detection_scores"],
-            "detection_classes": tf.where(
-                valid, tf.gather(tf.constant(label_ids), result["detection_classes"]), 0.0),
-            "num_detections": tf.cast(result["num_detections"], tf.float32),
-        }
+        return served_outputs(architecture.detect_builtin(outputs), label_ids)
 
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, ONNX_FILE)

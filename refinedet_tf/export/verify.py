@@ -20,13 +20,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from refinedet_tf.anchors import generate_anchors
+from refinedet_tf.architectures import architecture_for
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.evaluation.runner import DetectionEvaluation, ground_truth_targets, summary_map
+from refinedet_tf.export.contract import resize_and_preprocess
+from refinedet_tf.export.model_files import read_model_files
 from refinedet_tf.export.onnx import OnnxDetector
-from refinedet_tf.export.saved_model import read_model_files, resize_and_preprocess
-from refinedet_tf.export.tflite import POSTPROCESS_FILE, TFLiteDetector
-from refinedet_tf.postprocess import detect
+from refinedet_tf.export.tflite import POSTPROCESS_FILE
+from refinedet_tf.export.tflite_detector import TFLiteDetector
 
 
 @dataclasses.dataclass
@@ -80,12 +81,12 @@ def _detector(form, path):
 
 def _checkpoint_detector(checkpoint, max_detections, preset=None):
     model, config = load_model(checkpoint, preset=preset)
-    anchors = generate_anchors(config)
+    architecture = architecture_for(config)
 
     @tf.function(reduce_retracing=True)
     def run(image):
         outputs = model(resize_and_preprocess(image[None], config), training=False)
-        return detect(outputs, anchors, config, max_detections=max_detections)
+        return architecture.detect(outputs, max_detections=max_detections)
 
     return (lambda image: {k: v.numpy() for k, v in run(tf.constant(image)).items()},
             list(range(config.num_classes)))

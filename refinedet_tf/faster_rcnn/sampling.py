@@ -3,9 +3,9 @@
 The references draw with `np.random.choice` (py-faster-rcnn's anchor_target_layer and
 proposal_target_layer, simple-faster-rcnn-pytorch's creator_tool); here each candidate gets a
 stateless random key and the k largest keys win (one sort per row, no Python loop, compiles with
-XLA), so a run with the same seed draws the same samples, eager, in a tf.function or under XLA. Without a seed the first candidates by
-index win: the deterministic choice the golden fixtures are computed with (they use settings that
-keep every candidate, where any rule agrees).
+XLA), so a run with the same seed draws the same samples, eager, in a tf.function or under XLA.
+Without a seed the first candidates by index win: the deterministic choice the golden fixtures are
+computed with (they use settings that keep every candidate, where any rule agrees).
 """
 
 import tensorflow as tf
