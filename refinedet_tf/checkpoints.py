@@ -1,7 +1,7 @@
 """Finding a trained model on disk and rebuilding it for inference.
 
 A trained model is a config plus weights:
-  model_dir/config.json              the RefineDetConfig the run used (train.py writes it)
+  model_dir/config.json              the config the run used (train.py writes it)
   model_dir/best.weights.h5          best validation mAP (Keras weights)
   model_dir/final.weights.h5         end of training
   model_dir/checkpoints/ckpt-N.*     tf.train.Checkpoint (model + optimizer + step, and the weight
@@ -16,8 +16,8 @@ import os
 
 import tensorflow as tf
 
-from refinedet_tf.architectures import architecture_for
-from refinedet_tf.config import RefineDetConfig, get_preset
+from refinedet_tf.architectures import architecture_for, config_from_json
+from refinedet_tf.config import get_preset
 from refinedet_tf.data.label_map import default_label_map_path, load_label_map
 
 CONFIG_FILE = "config.json"
@@ -28,7 +28,7 @@ CHECKPOINT_DIR = "checkpoints"
 
 def _read_config(path):
     with open(path, encoding="utf-8") as f:
-        return RefineDetConfig.from_json(f.read())
+        return config_from_json(f.read())
 
 
 def resolve_checkpoint(checkpoint):
@@ -93,7 +93,7 @@ def load_model(checkpoint, preset=None, **overrides):
       preset: optional preset name to check the checkpoint against.
       overrides: config fields to change (post-processing thresholds, say).
     Returns:
-      (keras.Model, RefineDetConfig).
+      (keras.Model, its config).
     """
     weights, _ = resolve_checkpoint(checkpoint)
     config = config_for_checkpoint(checkpoint, preset, **overrides)

@@ -29,7 +29,7 @@ def reference_config(**overrides):
 
 
 def ground_truth(fixture):
-    """gt_boxes_labels [B, M, 5] (xyxy, 0-based label, -1 padding) -> boxes, classes, mask."""
+    """gt_boxes_labels [B, G, 5] (xyxy, 0-based label, -1 padding) -> boxes, classes, mask."""
     gbl = fixture["gt_boxes_labels"]
     mask = gbl[..., 4] >= 0
     classes = np.where(mask, gbl[..., 4] + 1, 0).astype(np.int32)

@@ -1,5 +1,6 @@
 """evaluate.py end to end: checkpoint vs SavedModel, detections.json round trip, bad input."""
 
+import io
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from refinedet_tf.evaluation.command import EvalOptions, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUIET = open(os.devnull, "w")  # pylint: disable=consider-using-with
+QUIET = io.StringIO()  # what the commands print, kept out of the test output
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
 """TFLite export: built-in ops only, runs in the stock LiteRT interpreter, matches the Keras
 detections (fp32 exactly, fp16 closely), int8 keeps the mAP; and the built-in class-aware NMS."""
 
+import contextlib
+import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +14,6 @@ from refinedet_tf import detect, generate_anchors, preprocess_images
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.export import TFLiteDetector, calibration_images, export_tflite
 from refinedet_tf.export.tflite import POSTPROCESS_FILE
-from refinedet_tf.export.tflite_detector import make_interpreter
 from refinedet_tf.nms import class_aware_nms
 from test_export_saved_model import LABEL_IDS, MAX_DETECTIONS, assert_same_detections, keras_detections, make_checkpoint
 
@@ -24,9 +26,24 @@ def litert():
     pytest.importorskip("ai_edge_litert", reason="the TFLite tests run models in ai-edge-litert")
 
 
+def analyze(path):
+    """tf.lite's public report of a model (its ops with their tensors, each tensor's type) as text;
+    the interpreter's op details are private."""
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        tf.lite.experimental.Analyzer.analyze(model_path=path)
+    return report.getvalue()
+
+
 def op_names(path):
-    interpreter = make_interpreter(path)
-    return {op["op_name"] for op in interpreter._get_ops_details()}  # pylint: disable=protected-access
+    return set(re.findall(r"Op#\d+ (\w+)\(", analyze(path)))
+
+
+def conv_weight_types(path):
+    """The type of every CONV_2D's weight tensor (its second input), e.g. ["INT8", ...]."""
+    text = analyze(path)
+    types = dict(re.findall(r"^\s*(T#\d+)\(.*type:(\w+)", text, flags=re.MULTILINE))
+    return [types[weights] for weights in re.findall(r"CONV_2D\(T#\d+, (T#\d+)", text)]
 
 
 def assert_builtin_only(path):
@@ -104,10 +121,8 @@ def test_int8_network_is_integer_and_post_processing_float(small, test_images):
     assert [os.path.basename(p) for p in paths] == ["refinedet_int8.tflite", POSTPROCESS_FILE]
     for path in paths:
         assert_builtin_only(path)
-    interpreter = make_interpreter(paths[0])
-    conv_inputs = [interpreter._get_tensor_details(op["inputs"][1], 0)["dtype"]  # pylint: disable=protected-access
-                   for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]  # pylint: disable=protected-access
-    assert conv_inputs and all(d == np.int8 for d in conv_inputs)
+    conv_weights = conv_weight_types(paths[0])
+    assert conv_weights and set(conv_weights) == {"INT8"}
     assert "NON_MAX_SUPPRESSION_V5" in op_names(paths[1])
     assert os.path.getsize(paths[0]) < 0.35 * 4 * small["model"].count_params()
     detector = TFLiteDetector(paths[0])

@@ -125,13 +125,13 @@ def test_bad_ground_truth_is_a_clear_error(fixture):
     def loss(b, c, m):
         return refinedet_tf.refinedet_loss(outputs, b, c, m, anchors, config)
 
-    with pytest.raises(ValueError, match=r"expected gt_boxes_yxyx \[B, M, 4\], got shape \(2, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"expected gt_boxes_yxyx \[B, G, 4\], got shape \(2, 3, 3\)"):
         loss(boxes[..., :3], classes, mask)
-    with pytest.raises(ValueError, match=r"expected gt_boxes_yxyx \[B, M, 4\]"):
+    with pytest.raises(ValueError, match=r"expected gt_boxes_yxyx \[B, G, 4\]"):
         loss(boxes[0], classes, mask)
     with pytest.raises(TypeError, match="expected gt_classes int32, got float32"):
         loss(boxes, classes.astype(np.float32), mask)
-    with pytest.raises(ValueError, match=r"expected gt_mask \[B, M\] bool"):
+    with pytest.raises(ValueError, match=r"expected gt_mask \[B, G\] bool"):
         loss(boxes, classes, mask.astype(np.int32))
     flipped = boxes.copy()
     flipped[0, 0] = flipped[0, 0][[2, 1, 0, 3]]

@@ -18,4 +18,11 @@ def architecture_for(config):
     raise TypeError(f"no architecture builds a {type(config).__name__}")
 
 
-__all__ = ["Architecture", "RefineDet", "TrainingStage", "architecture_for", "sum_over_replicas"]
+def config_from_json(text):
+    """The config that a run (model_dir/config.json) or an export (assets/config.json) wrote,
+    as the config class of its architecture. The one place that reads them, so that a second
+    architecture's configs load wherever RefineDet's do."""
+    return RefineDetConfig.from_json(text)
+
+
+__all__ = ["Architecture", "RefineDet", "TrainingStage", "architecture_for", "config_from_json", "sum_over_replicas"]

@@ -4,12 +4,12 @@ Input: RGB pixels, warp-resized to the preset's S x S and normalized by `resize_
 (inside the SavedModel and ONNX graphs; before the TFLite model, in `TFLiteDetector`).
 
 Outputs (`served_outputs`), the TF Object Detection API's:
-  detection_boxes   [N, M, 4] float32 normalized [ymin, xmin, ymax, xmax]
-  detection_scores  [N, M] float32
-  detection_classes [N, M] float32 label-map ids (background is never a detection; padding
+  detection_boxes   [N, D, 4] float32 normalized [ymin, xmin, ymax, xmax]
+  detection_scores  [N, D] float32
+  detection_classes [N, D] float32 label-map ids (background is never a detection; padding
                     rows are 0)
   num_detections    [N] float32
-  M = max_detections; rows past num_detections are zero.
+  D = max_detections; rows past num_detections are zero.
 
 The detections come from the architecture (`architectures.architecture_for(config)`), so the
 exporters never name one.
@@ -71,9 +71,9 @@ def served_outputs(detections, label_ids):
     """An architecture's detections -> the served outputs (OUTPUT_NAMES, see the module doc).
 
     Args:
-      detections: `Architecture.detect` / `detect_builtin` output: detection_boxes [N, M, 4]
-        normalized yxyx, detection_scores [N, M], detection_classes [N, M] int32 contiguous
-        class ids, num_detections [N] int32; M static.
+      detections: `Architecture.detect` / `detect_builtin` output: detection_boxes [N, D, 4]
+        normalized yxyx, detection_scores [N, D], detection_classes [N, D] int32 contiguous
+        class ids, num_detections [N] int32; D static.
       label_ids: [C] NumPy label-map id of each contiguous class id (`label_ids_table`).
     Returns:
       dict of OUTPUT_NAMES, all float32; detection_classes hold label-map ids, 0 past

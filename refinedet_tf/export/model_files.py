@@ -10,7 +10,7 @@ The SavedModel keeps them in `assets/`; TFLite and ONNX exports write them into 
 import json
 import os
 
-from refinedet_tf.config import RefineDetConfig
+from refinedet_tf.architectures import config_from_json
 from refinedet_tf.data.label_map import load_label_map
 from refinedet_tf.export.contract import label_ids_table
 
@@ -45,7 +45,7 @@ def read_model_files(folder):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the export writes it beside the model")
     with open(path, encoding="utf-8") as f:
-        config = RefineDetConfig.from_json(f.read())
+        config = config_from_json(f.read())
     names = class_names(config)
     ids = list(range(config.num_classes))
     pbtxt = os.path.join(folder, LABELMAP_PBTXT_ASSET)

@@ -3,8 +3,8 @@
 The ONNX model is the SavedModel's `serving_default` end to end: input `input_tensor` uint8
 [N, H, W, 3] RGB of any size; bilinear warp resize and the preset's normalization; the
 network; the architecture's `detect_builtin`. Outputs: the served outputs of `contract.py`
-(detection_boxes [N, M, 4] float32 normalized yxyx, detection_scores [N, M],
-detection_classes [N, M] float32 label-map ids, num_detections [N] float32).
+(detection_boxes [N, D, 4] float32 normalized yxyx, detection_scores [N, D],
+detection_classes [N, D] float32 label-map ids, num_detections [N] float32).
 
 tf2onnx converts `CombinedNonMaxSuppression` only when boxes are shared across classes
 (RefineDet's are per class: "CombinedNonMaxSuppression only currently implemented for boxes

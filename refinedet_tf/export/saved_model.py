@@ -11,7 +11,7 @@ Existing Object Detection API clients work unchanged:
   encoded_image    string [N] JPEG/PNG/GIF/BMP file bytes       files (each its own size)
   tf_example       string [N] serialized tf.train.Example      records with `image/encoded`
 
-  outputs: the served outputs of `contract.py` (detection_boxes [N, M, 4] normalized yxyx of
+  outputs: the served outputs of `contract.py` (detection_boxes [N, D, 4] normalized yxyx of
            the ORIGINAL image: the warp resize keeps normalized coordinates valid;
            detection_scores, detection_classes as label-map ids, num_detections; all float32);
            with raw_scores also raw_detection_scores [N, A, C] float32 (the architecture's

@@ -10,8 +10,8 @@ then normalized by `preprocess_images` (caffe_bgr: BGR minus the mean; tf: [-1, 
 A float input keeps one interface for the three quantizations and keeps the normalization
 (channel swap, mean) out of the quantized graph.
 
-Outputs: the served outputs of `contract.py` (batch 1): detection_boxes [1, M, 4] float32
-normalized yxyx, detection_scores [1, M], detection_classes [1, M] float32 label-map ids (0 in
+Outputs: the served outputs of `contract.py` (batch 1): detection_boxes [1, D, 4] float32
+normalized yxyx, detection_scores [1, D], detection_classes [1, D] float32 label-map ids (0 in
 padding rows), num_detections [1] float32.
 
 Quantizations (`QUANTIZATIONS`):

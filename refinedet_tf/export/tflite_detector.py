@@ -15,10 +15,10 @@ from refinedet_tf.export.tflite import INPUT_NAME, POSTPROCESS_FILE
 def make_interpreter(model_path, num_threads=2):
     """LiteRT's interpreter (`ai-edge-litert`) when installed, else TensorFlow's."""
     try:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415  optional (export extra)
+        from ai_edge_litert.interpreter import Interpreter as interpreter_class  # noqa: PLC0415  optional (export extra)
     except ImportError:
-        Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
-    interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
+        interpreter_class = tf.lite.Interpreter
+    interpreter = interpreter_class(model_path=model_path, num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
 

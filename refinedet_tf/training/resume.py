@@ -4,6 +4,7 @@ import json
 import os
 
 from refinedet_tf import checkpoints
+from refinedet_tf.architectures import config_from_json
 
 OPTIONS_FILE = "train_options.json"
 
@@ -15,7 +16,7 @@ def check_resume_compatible(model_dir, config, structural_fields, batch_size):
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
-        saved = type(config).from_json(f.read())
+        saved = config_from_json(f.read())
     diff = [f"{f}: saved {getattr(saved, f)} vs now {getattr(config, f)}"
             for f in structural_fields if getattr(saved, f) != getattr(config, f)]
     if diff:
