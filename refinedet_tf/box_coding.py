@@ -52,15 +52,18 @@ def pairwise_iou(boxes1_yxyx, boxes2_yxyx):
     return tf.math.divide_no_nan(inter, union)
 
 
-def encode_boxes(boxes_yxyx, anchors_yxyx, variances):
+def encode_boxes(boxes_yxyx, anchors_yxyx, variances, size_epsilon=SIZE_EPSILON):
     """CENTER_SIZE encoding of boxes relative to anchors.
 
-    t_c = (g_c - a_c) / (v_c * a_size),  t_s = log(g_size / a_size + 1e-5) / v_s.
+    t_c = (g_c - a_c) / (v_c * a_size),  t_s = log(g_size / a_size + size_epsilon) / v_s.
 
     Args:
       boxes_yxyx: [..., 4] ground-truth boxes.
       anchors_yxyx: [..., 4] anchors, broadcastable against boxes.
       variances: 4 floats (cy, cx, h, w), e.g. (0.1, 0.1, 0.2, 0.2).
+      size_epsilon: added inside the log: RefineDet.PyTorch's 1e-5 (the default); 0 for
+        Faster R-CNN (simple-faster-rcnn-pytorch's `bbox2loc` has none, so a zero-size box
+        gives -inf).
     Returns:
       [..., 4] offsets (ty, tx, th, tw).
     """
@@ -68,7 +71,7 @@ def encode_boxes(boxes_yxyx, anchors_yxyx, variances):
     a = yxyx_to_cyxhw(anchors_yxyx)
     v = tf.constant(variances, g.dtype)
     centre = (g[..., :2] - a[..., :2]) / (v[:2] * a[..., 2:])
-    size = tf.math.log(g[..., 2:] / a[..., 2:] + SIZE_EPSILON) / v[2:]
+    size = tf.math.log(g[..., 2:] / a[..., 2:] + size_epsilon) / v[2:]
     return tf.concat([centre, size], axis=-1)
 
 
