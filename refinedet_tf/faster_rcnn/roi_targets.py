@@ -1,0 +1,198 @@
+"""RoI sampling and the RoI head's targets, batched.
+
+What py-faster-rcnn's `lib/rpn/proposal_target_layer.py` (`_sample_rois`) and
+simple-faster-rcnn-pytorch's `model/utils/creator_tool.py` (`ProposalTargetCreator`) do, per
+image, on padded tensors:
+
+1. Candidates = the image's valid proposals + its valid ground-truth boxes appended (both
+   references append the gts, so every gt is a foreground sample when it is drawn).
+2. Each candidate takes its best-IoU valid ground truth (first on ties). Foreground: IoU >=
+   0.5, labelled with that box's class; background: IoU in [bg_low, 0.5), label 0; a candidate
+   in neither range is never sampled.
+3. At most round(0.25 * 128) = 32 foreground samples, then background up to 128 in all
+   (`faster_rcnn.sampling.subsample`: seeded, or the first candidates by index without a seed).
+4. Regression targets of the foreground samples: `encode_boxes(gt, roi)` divided by the stds
+   (0.1, 0.1, 0.2, 0.2) (py-faster-rcnn's BBOX_NORMALIZE_STDS with BBOX_NORMALIZE_TARGETS_PRECOMPUTED,
+   simple-faster-rcnn's loc_normalize_std; the means are 0), i.e. box_coding with those
+   variances.
+
+Shapes: B images, R proposals, G ground-truth rows (padded), S = num_samples output rows.
+Boxes are yxyx pixels. Output rows: the sampled foreground (by candidate index), then the
+sampled background (by candidate index), then padding. The references return fewer than S
+rows when an image has too few candidates and normalize the loss by that count: here those
+rows are padding with `valid` False, and the loss divides by the valid count.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from refinedet_tf import box_coding
+from refinedet_tf.faster_rcnn.sampling import subsample
+
+NUM_SAMPLES = 128  # cfg TRAIN.BATCH_SIZE per image (IMS_PER_BATCH 1); ProposalTargetCreator n_sample
+FOREGROUND_FRACTION = 0.25  # cfg TRAIN.FG_FRACTION; pos_ratio
+FOREGROUND_IOU = 0.5  # cfg TRAIN.FG_THRESH; pos_iou_thresh
+BACKGROUND_IOU_HIGH = 0.5  # cfg TRAIN.BG_THRESH_HI; neg_iou_thresh_hi
+# cfg TRAIN.BG_THRESH_LO is 0.1, but py-faster-rcnn's end2end and alt_opt configs set 0.0, as
+# simple-faster-rcnn's neg_iou_thresh_lo does.
+BACKGROUND_IOU_LOW = 0.0
+BOX_STDS = (0.1, 0.1, 0.2, 0.2)  # (y, x, h, w): the box_coding variances of the head
+
+
+def _argmax_first(x, axis):
+    """argmax returning the first index among ties (tf.argmax leaves ties unspecified), as numpy."""
+    n = tf.shape(x)[axis]
+    best = tf.reduce_max(x, axis=axis, keepdims=True)
+    shape = [1] * x.shape.rank
+    shape[axis] = -1
+    iota = tf.reshape(tf.range(n), shape)
+    return tf.reduce_min(tf.where(tf.equal(x, best), iota, n), axis=axis)
+
+
+def _check_shapes(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid):
+    if rois_yxyx_px.shape.rank != 3 or rois_yxyx_px.shape[-1] != 4:
+        raise ValueError(f"expected rois_yxyx_px [B, R, 4], got {rois_yxyx_px.shape}")
+    if rois_valid.shape.rank != 2:
+        raise ValueError(f"expected rois_valid [B, R], got {rois_valid.shape}")
+    if gt_boxes_yxyx_px.shape.rank != 3 or gt_boxes_yxyx_px.shape[-1] != 4:
+        raise ValueError(f"expected gt_boxes_yxyx_px [B, G, 4], got {gt_boxes_yxyx_px.shape}")
+    if gt_classes.shape.rank != 2:
+        raise ValueError(f"expected gt_classes [B, G], got {gt_classes.shape}")
+    if gt_valid.shape.rank != 2:
+        raise ValueError(f"expected gt_valid [B, G], got {gt_valid.shape}")
+    if not rois_yxyx_px.shape[:2].is_compatible_with(rois_valid.shape):
+        raise ValueError(f"rois_valid {rois_valid.shape} does not match rois_yxyx_px {rois_yxyx_px.shape}")
+    for name, tensor in (("gt_classes", gt_classes), ("gt_valid", gt_valid)):
+        if not gt_boxes_yxyx_px.shape[:2].is_compatible_with(tensor.shape):
+            raise ValueError(f"{name} {tensor.shape} does not match gt_boxes_yxyx_px {gt_boxes_yxyx_px.shape}")
+
+
+def max_foreground(num_samples=NUM_SAMPLES, foreground_fraction=FOREGROUND_FRACTION):
+    """The foreground cap per image: round(fraction * num_samples) (numpy's round, as both references)."""
+    return int(np.round(foreground_fraction * num_samples))
+
+
+def sample_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid, *,
+                       num_samples=NUM_SAMPLES, foreground_fraction=FOREGROUND_FRACTION,
+                       foreground_iou=FOREGROUND_IOU, background_iou_high=BACKGROUND_IOU_HIGH,
+                       background_iou_low=BACKGROUND_IOU_LOW, box_stds=BOX_STDS, seed=None):
+    """Samples each image's RoIs for the head and computes their class and box targets.
+
+    Args:
+      rois_yxyx_px: [B, R, 4] float32 proposals, yxyx pixels (`generate_proposals`' rois).
+      rois_valid: [B, R] bool, True for real proposals (padding is never a candidate).
+      gt_boxes_yxyx_px: [B, G, 4] float32 ground truth, yxyx pixels (same canvas as the rois).
+      gt_classes: [B, G] int32 object classes 1..C-1 (0 is background).
+      gt_valid: [B, G] bool, True for real boxes; padded rows are never candidates, never
+        matched and never give a label. An image without valid boxes gets background only
+        (its candidates count as IoU 0).
+      num_samples: S, RoIs per image.
+      foreground_fraction: at most round(foreground_fraction * S) foreground RoIs per image.
+      foreground_iou: foreground has best IoU >= this.
+      background_iou_high, background_iou_low: background has best IoU in [low, high).
+      box_stds: 4 floats (y, x, h, w); the targets are the offsets divided by them.
+      seed: int32 [2] for a reproducible random draw (`sampling.subsample`), or None for the
+        first candidates by index (the golden fixtures' deterministic mode).
+    Returns:
+      dict of
+        rois_yxyx_px: [B, S, 4] float32 sampled RoIs; 0 on padding rows.
+        labels: [B, S] int32 class of the matched gt for foreground, 0 for background and padding.
+        box_targets: [B, S, 4] float32 (ty, tx, th, tw) / box_stds of foreground RoIs to their gt;
+          0 for background and padding.
+        foreground: [B, S] bool.
+        valid: [B, S] bool, the sampled rows (foreground and background).
+        num_valid: [B] int32 (the loss normalizer: the reference's sample count).
+        matched_gt: [B, S] int32 index into G of the best-IoU gt; -1 for background and padding.
+        max_iou: [B, S] float32 best IoU with a valid gt (0 on padding).
+        candidate_indices: [B, S] int32 index into the R proposals then G gts (R + g for gt g);
+          -1 on padding.
+    """
+    rois_yxyx_px = tf.stop_gradient(tf.convert_to_tensor(rois_yxyx_px, tf.float32))
+    rois_valid = tf.convert_to_tensor(rois_valid, tf.bool)
+    gt_boxes_yxyx_px = tf.convert_to_tensor(gt_boxes_yxyx_px, tf.float32)
+    gt_classes = tf.convert_to_tensor(gt_classes, tf.int32)
+    gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
+    _check_shapes(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid)
+    num_samples = int(num_samples)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not 0.0 <= foreground_fraction <= 1.0:
+        raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+
+    if gt_boxes_yxyx_px.shape[1] == 0:  # no gt rows at all: one padded row keeps the gathers valid
+        gt_boxes_yxyx_px = tf.pad(gt_boxes_yxyx_px, [[0, 0], [0, 1], [0, 0]])
+        gt_classes = tf.pad(gt_classes, [[0, 0], [0, 1]])
+        gt_valid = tf.pad(gt_valid, [[0, 0], [0, 1]])
+
+    # 1. Candidates: proposals, then the gts appended (both references do this, so each gt can
+    # be a foreground sample of IoU 1 even when no proposal covers it).
+    candidates = tf.concat([rois_yxyx_px, gt_boxes_yxyx_px], axis=1)  # [B, N, 4], N = R + G
+    candidate_valid = tf.concat([rois_valid, gt_valid], axis=1)
+    num_candidates = candidates.shape[1]
+    if num_candidates is None:
+        raise ValueError("rois_yxyx_px and gt_boxes_yxyx_px need static numbers of rows R and G")
+    if num_candidates < num_samples:  # fewer candidates than outputs: pad with invalid rows
+        extra = num_samples - num_candidates
+        candidates = tf.pad(candidates, [[0, 0], [0, extra], [0, 0]])
+        candidate_valid = tf.pad(candidate_valid, [[0, 0], [0, extra]])
+        num_candidates = num_samples
+
+    # 2. Best valid gt of each candidate. Padded gts get IoU -1, below every real IoU.
+    iou = box_coding.pairwise_iou(candidates, gt_boxes_yxyx_px)  # [B, N, G]
+    iou = tf.where(gt_valid[:, None, :], iou, -1.0)
+    matched = _argmax_first(iou, axis=2)  # [B, N]
+    best_iou = tf.reduce_max(iou, axis=2)
+    # An image without a valid gt: every candidate has IoU 0 with "nothing", i.e. background.
+    has_gt = tf.reduce_any(gt_valid, axis=1)[:, None]
+    best_iou = tf.where(has_gt, best_iou, 0.0)
+
+    foreground_candidates = candidate_valid & (best_iou >= foreground_iou)
+    background_candidates = (candidate_valid & (best_iou < background_iou_high)
+                             & (best_iou >= background_iou_low) & ~foreground_candidates)
+
+    # 3. Sampling. Foreground and background are disjoint, so one seed serves both draws: the
+    # keys of disjoint entries are independent.
+    foreground = subsample(foreground_candidates, max_foreground(num_samples, foreground_fraction), seed)
+    num_foreground = tf.reduce_sum(tf.cast(foreground, tf.int32), axis=1)
+    background = subsample(background_candidates, num_samples - num_foreground, seed)
+
+    # Output order: foreground by candidate index, then background, then the rest (padding).
+    index = tf.range(num_candidates)[None, :]
+    order_key = tf.where(foreground, index, tf.where(background, num_candidates + index, 2 * num_candidates + index))
+    _, rows = tf.math.top_k(-order_key, k=num_samples, sorted=True)  # [B, S] ascending keys
+
+    def take(values):
+        return tf.gather(values, rows, batch_dims=1)
+
+    sample_foreground = take(foreground)
+    sample_valid = sample_foreground | take(background)
+    sample_rois = tf.where(sample_valid[..., None], take(candidates), 0.0)
+    sample_matched = take(matched)
+    sample_best_iou = tf.where(sample_valid, take(best_iou), 0.0)
+    matched_gt = tf.where(sample_foreground, sample_matched, -1)
+
+    labels = tf.where(sample_foreground, tf.gather(gt_classes, sample_matched, batch_dims=1), 0)
+    # 4. Targets, foreground only (py-faster-rcnn's _get_bbox_regression_labels also leaves
+    # background rows 0; simple-faster-rcnn encodes them against their best gt, and its loss
+    # weights them 0). Other rows encode a unit box on itself, so that no
+    # NaN (a zero-size padded gt) is computed even in the branch tf.where discards.
+    unit_box = tf.constant([0.0, 0.0, 1.0, 1.0])
+    matched_boxes = tf.where(sample_foreground[..., None],
+                             tf.gather(gt_boxes_yxyx_px, sample_matched, batch_dims=1), unit_box)
+    safe_rois = tf.where(sample_foreground[..., None], sample_rois, unit_box)
+    # No epsilon inside the log: both references' encodings (bbox_transform, bbox2loc) have none,
+    # and RefineDet's 1e-5 would move th, tw by up to 1e-4 after the division by 0.2.
+    targets = box_coding.encode_boxes(matched_boxes, safe_rois, box_stds, size_epsilon=0.0)
+    box_targets = tf.where(sample_foreground[..., None], targets, 0.0)
+
+    return {
+        "rois_yxyx_px": sample_rois,
+        "labels": labels,
+        "box_targets": box_targets,
+        "foreground": sample_foreground,
+        "valid": sample_valid,
+        "num_valid": tf.reduce_sum(tf.cast(sample_valid, tf.int32), axis=1),
+        "matched_gt": matched_gt,
+        "max_iou": sample_best_iou,
+        "candidate_indices": tf.where(sample_valid, rows, -1),
+    }
