@@ -328,7 +328,7 @@ def test_converts_to_tflite_builtins_and_runs_the_same(aligned, tmp_path):
     """Conversion restricted to TFLITE_BUILTINS succeeds (no Flex or custom op: no
     CropAndResize), and the interpreter gives TensorFlow's output (RoIPool bit-equal; RoIAlign
     bit-equal here, allowed 1e-6 for other CPUs' kernels)."""
-    from refinedet_tf.export.tflite import make_interpreter  # noqa: PLC0415
+    from refinedet_tf.export.tflite_detector import make_interpreter  # noqa: PLC0415
 
     f = load_fixture()
     features, rois = fixture_inputs(f)
