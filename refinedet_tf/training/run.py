@@ -134,7 +134,7 @@ def train(options, stream=None, extra_callbacks=()):
     cache = options.cache if options.cache is not None else num_train <= 5000
     _write_run_files(model_dir, config, options, lr, replicas, class_names)
 
-    model, trainer, optimizer, manager, average = _build_for_training(architecture, options, strategy, lr, model_dir)
+    model, trainer, optimizer, manager, average = build_for_training(architecture, options, strategy, lr, model_dir)
     start_step = int(optimizer.iterations.numpy())
     if start_step:
         _print(f"resuming {model_dir} from {manager.latest_checkpoint} at step {start_step}")
@@ -238,7 +238,7 @@ def _write_run_files(model_dir, config, options, lr, replicas, class_names):
         f.write("".join(n + "\n" for n in class_names[1:]))
 
 
-def _build_for_training(architecture, options, strategy, lr, model_dir):
+def build_for_training(architecture, options, strategy, lr, model_dir):
     """-> (network, trainer, optimizer, checkpoint manager, weight average or None), restored
     from the latest checkpoint of `model_dir` when there is one."""
     replicas = strategy.num_replicas_in_sync
