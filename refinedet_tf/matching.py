@@ -11,7 +11,7 @@ from refinedet_tf import box_coding
 FORCED_MATCH_IOU = 2.0  # what the reference writes for bipartite matches (above any real IoU)
 
 
-def _argmax_first(x, axis):
+def argmax_first(x, axis):
     """argmax that returns the first index among ties (tf.argmax leaves ties unspecified)."""
     n = tf.shape(x)[axis]
     best = tf.reduce_max(x, axis=axis, keepdims=True)
@@ -53,8 +53,8 @@ def match_anchors(anchors_yxyx, gt_boxes_yxyx, gt_mask, iou_threshold=0.5):
     num_gt = tf.shape(iou)[1]
     num_anchors = tf.shape(iou)[2]
 
-    best_anchor = _argmax_first(iou, axis=2)  # [B, G]
-    best_gt = _argmax_first(iou, axis=1)  # [B, A]
+    best_anchor = argmax_first(iou, axis=2)  # [B, G]
+    best_gt = argmax_first(iou, axis=1)  # [B, A]
     best_gt_iou = tf.reduce_max(iou, axis=1) if iou.shape[1] != 0 else tf.fill([batch, num_anchors], -1.0)
 
     gt_index = tf.range(num_gt)[None, :, None]

@@ -31,7 +31,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from refinedet_tf.convert.pytorch import read_state_dict, strip_data_parallel_prefix
+from refinedet_tf.convert.pytorch import read_state_dict, strip_data_parallel_prefix, write_converted
 from refinedet_tf.faster_rcnn.config import faster_rcnn_preset
 from refinedet_tf.faster_rcnn.model import build_faster_rcnn
 
@@ -184,18 +184,7 @@ def main(argv):
         raise SystemExit(f"only vgg16 presets can be imported, got {FLAGS.preset}")
     model = build_faster_rcnn(config)
     load_simple_faster_rcnn_state_dict(model, state)
-    output = FLAGS.output
-    if not output.endswith(".weights.h5"):
-        output += ".weights.h5"
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    # Written to a temporary name and renamed, so a crash never leaves half a checkpoint.
-    tmp = output[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, output)
-    with open(output[: -len(".weights.h5")] + ".config.json", "w", encoding="utf-8") as f:
-        f.write(config.to_json())
-    print(f"wrote {output} ({config.name}, num_classes={config.num_classes}, "
-          f"{model.count_params():,} parameters)")
+    write_converted(model, config, FLAGS.output)
 
 
 def _define_flags():

@@ -143,16 +143,9 @@ def read_state_dict(path):
     return read_pth(path)
 
 
-def main(argv):
-    del argv
-    FLAGS = flags.FLAGS
-    state = read_state_dict(FLAGS.checkpoint)
-    config = get_preset(FLAGS.preset, num_classes=num_classes_of(state))
-    if not config.backbone == "vgg16":
-        raise SystemExit(f"only vgg16 presets can be imported, got {FLAGS.preset}")
-    model = build_refinedet(config)
-    load_pytorch_state_dict(model, state)
-    output = FLAGS.output
+def write_converted(model, config, output):
+    """Writes `output` (.weights.h5 appended when missing) and its config beside it as
+    `X.config.json` (what checkpoints.load_model reads), and says what it wrote."""
     if not output.endswith(".weights.h5"):
         output += ".weights.h5"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -164,6 +157,18 @@ def main(argv):
         f.write(config.to_json())
     print(f"wrote {output} ({config.name}, num_classes={config.num_classes}, "
           f"{model.count_params():,} parameters)")
+
+
+def main(argv):
+    del argv
+    FLAGS = flags.FLAGS
+    state = read_state_dict(FLAGS.checkpoint)
+    config = get_preset(FLAGS.preset, num_classes=num_classes_of(state))
+    if not config.backbone == "vgg16":
+        raise SystemExit(f"only vgg16 presets can be imported, got {FLAGS.preset}")
+    model = build_refinedet(config)
+    load_pytorch_state_dict(model, state)
+    write_converted(model, config, FLAGS.output)
 
 
 def _define_flags():

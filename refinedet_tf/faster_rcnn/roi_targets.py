@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from refinedet_tf import box_coding
 from refinedet_tf.faster_rcnn.sampling import subsample
+from refinedet_tf.matching import argmax_first
 
 NUM_SAMPLES = 128  # cfg TRAIN.BATCH_SIZE per image (IMS_PER_BATCH 1); ProposalTargetCreator n_sample
 FOREGROUND_FRACTION = 0.25  # cfg TRAIN.FG_FRACTION; pos_ratio
@@ -37,16 +38,6 @@ BACKGROUND_IOU_HIGH = 0.5  # cfg TRAIN.BG_THRESH_HI; neg_iou_thresh_hi
 # simple-faster-rcnn's neg_iou_thresh_lo does.
 BACKGROUND_IOU_LOW = 0.0
 BOX_STDS = (0.1, 0.1, 0.2, 0.2)  # (y, x, h, w): the box_coding variances of the head
-
-
-def _argmax_first(x, axis):
-    """argmax returning the first index among ties (tf.argmax leaves ties unspecified), as numpy."""
-    n = tf.shape(x)[axis]
-    best = tf.reduce_max(x, axis=axis, keepdims=True)
-    shape = [1] * x.shape.rank
-    shape[axis] = -1
-    iota = tf.reshape(tf.range(n), shape)
-    return tf.reduce_min(tf.where(tf.equal(x, best), iota, n), axis=axis)
 
 
 def _check_shapes(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid):
@@ -140,7 +131,7 @@ def sample_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, g
     # 2. Best valid gt of each candidate. Padded gts get IoU -1, below every real IoU.
     iou = box_coding.pairwise_iou(candidates, gt_boxes_yxyx_px)  # [B, N, G]
     iou = tf.where(gt_valid[:, None, :], iou, -1.0)
-    matched = _argmax_first(iou, axis=2)  # [B, N]
+    matched = argmax_first(iou, axis=2)  # [B, N]
     best_iou = tf.reduce_max(iou, axis=2)
     # An image without a valid gt: every candidate has IoU 0 with "nothing", i.e. background.
     has_gt = tf.reduce_any(gt_valid, axis=1)[:, None]
