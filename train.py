@@ -1,11 +1,12 @@
-"""Trains RefineDet.
+"""Trains a detector: RefineDet, or Faster R-CNN with a faster_rcnn_* preset.
 
   python train.py                                   # the demo: synthetic data, CPU-sized model
+  python train.py --preset faster_rcnn_mobilenetv2_lite_256    # Faster R-CNN's CPU demo
   python train.py --preset vgg16_320 --data VOCdevkit/VOC2007 --split trainval \
       --val_data VOCdevkit/VOC2007 --val_split test --label_map data/voc_labelmap.txt \
       --backbone_weights imagenet --batch_size 32 --steps 120000 --strategy mirrored
 
-Flags left unset take the preset's training recipe (refinedet_tf/config.py, printed at the
+Flags left unset take the preset's training recipe (its config's training_recipe(), printed at the
 start): the paper's SGD schedule when the backbone starts from weights, the demo's AdamW from
 scratch, its length in epochs over --data. `--num_classes` follows the label map.
 Run `python train.py --helpfull` for every flag. A run writes config.json, train_options.json,
@@ -61,30 +62,33 @@ flags.DEFINE_integer("keep_checkpoints", 3, "checkpoints kept")
 flags.DEFINE_integer("arm_warmup_steps", 0, "optional ARM-only stage before joint training")
 flags.DEFINE_integer("max_boxes", 100, "boxes per image after padding")
 flags.DEFINE_bool("truncate_boxes", False, "drop (and count) boxes beyond --max_boxes instead of failing")
-flags.DEFINE_multi_string("config", [], "field=value overriding the preset's RefineDetConfig (repeatable), "
+flags.DEFINE_multi_string("config", [], "field=value overriding a field of the preset's config (repeatable), "
                           "e.g. --config anchor_sizes=16,32,64,128 --config match_iou=0.4")
 flags.DEFINE_integer("num_classes", None, "classes with background (default: the label map's; must agree with it)")
 flags.DEFINE_integer("image_size", None, "override the preset's input size")
-flags.DEFINE_enum("mining", None, ["hard_negative", "ohem", "focal"], "sample selection of the losses")
+flags.DEFINE_enum("mining", None, ["hard_negative", "ohem", "focal", "sample"],
+                  "sample selection of the losses: RefineDet hard_negative, ohem or focal; Faster R-CNN sample "
+                  "(the references' random RoIs) or ohem")
 flags.DEFINE_enum("negative_filtering", None, ["caffe", "pytorch"], "theta filter of the ODM")
 flags.DEFINE_integer("max_eval_images", None, "evaluate on at most this many validation images")
 
 
 def options_from_flags():
-    from refinedet_tf.config import parse_overrides
+    from refinedet_tf.presets import parse_overrides
     from refinedet_tf.training.options import DEMO_PRESET, TrainOptions
 
-    overrides = parse_overrides(FLAGS.config)
+    preset = FLAGS.preset or DEMO_PRESET
+    overrides = parse_overrides(FLAGS.config, preset)
     for name in ("num_classes", "image_size", "mining", "negative_filtering", "backbone_weights"):
         if getattr(FLAGS, name) is not None:
             if name in overrides:
                 raise ValueError(f"--{name} and --config {name}=... both given")
             overrides[name] = getattr(FLAGS, name)
     boundaries = FLAGS.lr_boundaries
-    # Flags left unset (None) take the preset's training recipe (refinedet_tf/config.py,
-    # recipe_for): the paper's with pretrained weights, the demo's from scratch.
+    # Flags left unset (None) take the preset's training recipe (its config's training_recipe()):
+    # the paper's with pretrained weights, the demo's from scratch.
     return TrainOptions(
-        preset=FLAGS.preset or DEMO_PRESET, config_overrides=overrides, data=FLAGS.data,
+        preset=preset, config_overrides=overrides, data=FLAGS.data,
         val_data=FLAGS.val_data, split=FLAGS.split, val_split=FLAGS.val_split, label_map=FLAGS.label_map,
         on_bad_example=FLAGS.on_bad_example, model_dir=FLAGS.model_dir, batch_size=FLAGS.batch_size,
         steps=FLAGS.steps, epochs=FLAGS.epochs, lr=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,

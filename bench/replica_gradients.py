@@ -64,7 +64,7 @@ def main():
 
     def gradients(model, images, targets):
         with tf.GradientTape() as tape:
-            losses = architecture.losses(model(images, training=True), targets, sum_over_replicas)
+            losses = architecture.losses(model, images, targets, sum_over_replicas)
         return tape.gradient(losses["total"], model.trainable_variables)
 
     def numpy(grads):

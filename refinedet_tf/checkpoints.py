@@ -17,7 +17,7 @@ import os
 import tensorflow as tf
 
 from refinedet_tf.architectures import architecture_for, config_from_json
-from refinedet_tf.config import get_preset
+from refinedet_tf.presets import get_preset
 from refinedet_tf.data.label_map import default_label_map_path, load_label_map
 
 CONFIG_FILE = "config.json"

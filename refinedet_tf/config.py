@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
+
+from refinedet_tf.recipe import FROM_SCRATCH_RECIPE, TrainingRecipe
 
 BACKBONES = ("vgg16", "resnet101", "resnet50", "mobilenetv2")
 PREPROCESSING = ("caffe_bgr", "tf")
@@ -97,6 +98,10 @@ class RefineDetConfig:
     def anchors_per_location(self) -> int:
         return 1 + 2 * len(self.aspect_ratios)
 
+    def training_recipe(self) -> TrainingRecipe:
+        """What train.py's unset flags take for this preset (`recipe_for`)."""
+        return recipe_for(self)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -148,70 +153,29 @@ STRUCTURAL_FIELDS = ("image_size", "backbone", "backbone_alpha", "num_classes", 
                      "tcb_batch_norm", "anchor_strides", "anchor_sizes", "aspect_ratios")
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingRecipe:
-    """How a preset trains: what train.py's flags left unset take. `recipe_for` picks one.
-
-    The length is in passes over the training set (`epochs`), at least `min_steps`, so the same
-    recipe fits a 200-image set and VOC; `lr` None means the paper's 1e-3 x batch / 32.
-    """
-
-    name: str
-    optimizer: str
-    batch_size: int
-    lr: float | None
-    warmup_steps: int
-    lr_schedule: str
-    lr_boundaries: tuple[float, ...]  # fractions of the run (multistep)
-    clip_grad_norm: float
-    epochs: float
-    min_steps: int
-    evaluations: int  # validation passes spread over the run (0: at the end only)
-    ema_decay: float = 0.0  # moving average of the weights (training/ema.py); 0: off
-
-    def steps_for(self, num_images: int, batch_size: int | None = None) -> int:
-        batch = batch_size or self.batch_size
-        return max(math.ceil(self.epochs * num_images / batch), self.min_steps)
-
-    def describe(self) -> str:
-        lr = "1e-3 x batch/32" if self.lr is None else f"{self.lr:g}"
-        schedule = (f"x0.1 at {', '.join(f'{b:g}' for b in self.lr_boundaries)} of the run"
-                    if self.lr_schedule == "multistep" else self.lr_schedule)
-        return (f"{self.name}: {self.optimizer} lr {lr}, batch {self.batch_size}, warm-up "
-                f"{self.warmup_steps} steps, {schedule}, clip {self.clip_grad_norm:g}, "
-                f"{self.epochs:g} epochs (at least {self.min_steps} steps)"
-                + (f", weight average decay {self.ema_decay:g}" if self.ema_decay else ""))
-
-
 # Fine-tuning an ImageNet backbone: the paper's recipe. VOC07+12 (16,551 images) trains 120k
 # iterations at batch 32, lr 1e-3, x0.1 at 80k and 100k: 232 epochs.
 FINE_TUNE_RECIPE = TrainingRecipe(
     name="fine-tune (the paper's)", optimizer="sgd", batch_size=32, lr=None, warmup_steps=0,
     lr_schedule="multistep", lr_boundaries=(0.667, 0.833), clip_grad_norm=0.0, epochs=232.0,
     min_steps=1000, evaluations=0)
-# From scratch: the demo's recipe, measured to work (README "Demo results"). AdamW converges
-# several times faster than SGD from scratch; the warm-up and clipping tame the early loss
-# spikes of a randomly initialized detector. 24 epochs of the 1000-image synthetic set are its
-# 1500 steps; a smaller set still gets 1500 steps.
-FROM_SCRATCH_RECIPE = TrainingRecipe(
-    name="from scratch (the demo's)", optimizer="adamw", batch_size=16, lr=3e-3, warmup_steps=100,
-    lr_schedule="cosine", lr_boundaries=(), clip_grad_norm=10.0, epochs=24.0, min_steps=1500,
-    evaluations=2)
-
-
 def recipe_for(config: RefineDetConfig) -> TrainingRecipe:
     """The paper's schedule when the backbone starts from weights, the demo's from scratch."""
     return FROM_SCRATCH_RECIPE if config.backbone_weights == "none" else FINE_TUNE_RECIPE
 
 
-def parse_overrides(assignments) -> dict[str, Any]:
+def parse_overrides(assignments, config_class=None) -> dict[str, Any]:
     """`field=value` strings (train.py's repeatable `--config`) -> overrides for `get_preset`.
+
+    `config_class`: whose fields they set (default RefineDetConfig; `presets.parse_overrides`
+    passes the preset's).
 
     Values are read by the field's type: numbers, `true`/`false`, names, and comma-separated
     tuples (`anchor_sizes=16,32,64,128`). Raises ValueError naming the field and the problem;
     `get_preset` then checks the values themselves (ranges, choices, consistency).
     """
-    fields = {f.name: f.type for f in dataclasses.fields(RefineDetConfig)}
+    config_class = config_class or RefineDetConfig
+    fields = {f.name: f.type for f in dataclasses.fields(config_class)}
     out = {}
     for text in assignments:
         name, sep, value = str(text).partition("=")
@@ -219,7 +183,8 @@ def parse_overrides(assignments) -> dict[str, Any]:
         if not sep or not name:
             raise ValueError(f"--config takes field=value, got {text!r}")
         if name not in fields:
-            raise ValueError(f"--config {text!r}: unknown RefineDetConfig field {name!r}; known: {sorted(fields)}")
+            raise ValueError(f"--config {text!r}: unknown {config_class.__name__} field {name!r}; "
+                             f"known: {sorted(fields)}")
         if name in out:
             raise ValueError(f"--config sets {name} twice")
         out[name] = _parse_value(name, fields[name], value)

@@ -32,7 +32,7 @@ class TrainingStage:
 
 
 class Architecture(abc.ABC):
-    """One detection architecture (RefineDet; Faster R-CNN next), built from its config.
+    """One detection architecture (RefineDet, Faster R-CNN), built from its config.
 
     The config is a frozen dataclass with at least: name, image_size, num_classes (with
     background at 0), the preprocessing fields `preprocessing.preprocess_images` reads, and the
@@ -53,19 +53,27 @@ class Architecture(abc.ABC):
 
     @abc.abstractmethod
     def build_model(self):
-        """-> keras.Model: float32 [B, S, S, 3] preprocessed images -> dict of raw outputs."""
+        """-> keras.Model: the pipeline's model inputs for this config (float32 [B, S, S, 3]
+        preprocessed images, or the dict `data.pipeline` documents) -> dict of raw outputs."""
 
     @abc.abstractmethod
-    def losses(self, outputs, targets, global_sum):
-        """The training losses of one replica's batch.
+    def losses(self, network, inputs, targets, global_sum, training=True, step=None):
+        """The forward pass and the training losses of one replica's batch.
+
+        The architecture runs the network itself: a two-stage detector runs part of it again on
+        inputs it samples from the first pass (Faster R-CNN's RoI head on the sampled RoIs).
 
         Args:
-          outputs: the model's output dict for the batch.
+          network: the Keras network of `build_model`.
+          inputs: the batch's model inputs, as the data pipeline gives them for this config.
           targets: dict boxes [B, G, 4] normalized yxyx, classes [B, G] int32 (1..C-1), mask
             [B, G] (number or bool; True where a box is real).
           global_sum: sums a tensor over all replicas (identity on one device). Losses
             normalized by a count (positives, sampled anchors) divide by the count of the
             whole global batch, so that N replicas compute the gradient one device would.
+          training: the network's mode (dropout, BatchNorm, proposal counts).
+          step: the optimizer's step (int scalar tensor), for architectures that draw samples:
+            the same step draws the same samples, so a run is reproducible and resumable.
         Returns:
           dict with every name of `loss_names` (float32 scalars; each replica's share, which
           the replicas' sum makes the global value) and `num_pos`, the global positive count.
@@ -96,6 +104,10 @@ class Architecture(abc.ABC):
         if first_stage_steps:
             raise ValueError(f"{type(self).__name__} has no first-stage warm-up")
         return [TrainingStage("joint", total_steps)]
+
+    def fixed_frozen_layers(self):
+        """Layer-name prefixes that no stage trains (a backbone's frozen first blocks)."""
+        return ()
 
     def anchor_warning(self, metadata, class_names, sample=None):
         """One line for the start of a run when the training boxes fit the architecture's

@@ -29,7 +29,9 @@ class RefineDet(Architecture):
     def build_model(self):
         return build_refinedet(self.config)
 
-    def losses(self, outputs, targets, global_sum):
+    def losses(self, network, inputs, targets, global_sum, training=True, step=None):
+        del step  # nothing is drawn at random: hard negatives are ranked
+        outputs = network(inputs, training=training)
         # The mask may arrive as numbers: distributed input pipelines carry no bool tensors.
         mask = tf.cast(targets["mask"], tf.bool)
         terms = refinedet_loss_terms(outputs, targets["boxes"], targets["classes"], mask,

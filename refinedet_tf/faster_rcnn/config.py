@@ -18,9 +18,12 @@ import dataclasses
 import json
 from typing import Any
 
+from refinedet_tf.recipe import FROM_SCRATCH_RECIPE, TrainingRecipe
+
 BACKBONES = ("vgg16", "mobilenetv2")
 PREPROCESSING = ("caffe_bgr", "tf")
 ROI_POOLING = ("pool", "align")
+MINING = ("sample", "ohem")
 FEATURE_STRIDE = 16  # VGG16 conv5_3 and MobileNetV2 block_13_expand: both stride 16
 
 # py-faster-rcnn cfg PIXEL_MEANS (BGR) of its VGG16.v2.caffemodel.
@@ -82,6 +85,12 @@ class FasterRCNNConfig:
     roi_foreground_iou: float = 0.5  # FG_THRESH
     roi_background_iou_high: float = 0.5  # BG_THRESH_HI
     roi_background_iou_low: float = 0.0  # BG_THRESH_LO of the end2end yml (cfg default 0.1)
+    # Which RoIs train the head: "sample" (the references' random draw above) or "ohem" (seed 001:
+    # every proposal is scored without gradient and the roi_samples_per_image x images hardest of
+    # the minibatch train it; faster_rcnn/ohem.py).
+    mining: str = "sample"
+    ohem_per_image: bool = False  # True: the hardest roi_samples_per_image of each image instead
+    ohem_nms_iou: float = 1.0  # diversity NMS over the ranked RoIs (seed 001's OHEM default 0.7); 1.0: off
     # RoI head: pooling, fc6/fc7, cls_score and class-specific bbox_pred.
     roi_pooling: str = "pool"  # "pool": RoIPool (the paper's); "align": RoIAlign
     roi_output_size: int = 7
@@ -101,6 +110,7 @@ class FasterRCNNConfig:
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("preprocessing", self.preprocessing, PREPROCESSING)
         _check_choice("roi_pooling", self.roi_pooling, ROI_POOLING)
+        _check_choice("mining", self.mining, MINING)
         if self.num_classes < 2:
             raise ValueError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
         if self.image_size < FEATURE_STRIDE or self.image_size % FEATURE_STRIDE:
@@ -124,7 +134,7 @@ class FasterRCNNConfig:
             raise ValueError(f"box_stds must be 4 positive numbers, got {self.box_stds}")
         for field in ("rpn_positive_iou", "rpn_negative_iou", "rpn_positive_fraction", "rpn_nms_iou",
                       "roi_foreground_fraction", "roi_foreground_iou", "roi_background_iou_high",
-                      "roi_background_iou_low", "score_threshold", "nms_iou"):
+                      "roi_background_iou_low", "score_threshold", "nms_iou", "ohem_nms_iou"):
             value = getattr(self, field)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{field} must be in [0, 1], got {value}")
@@ -174,12 +184,26 @@ class FasterRCNNConfig:
             return self.train_pre_nms_top_n, self.train_post_nms_top_n
         return self.test_pre_nms_top_n, self.test_post_nms_top_n
 
+    def training_recipe(self) -> TrainingRecipe:
+        """Seed 003's schedule when the backbone starts from ImageNet weights; from scratch, the
+        demo's (refinedet_tf/recipe.py)."""
+        return FROM_SCRATCH_RECIPE if self.backbone_weights == "none" else FINE_TUNE_RECIPE
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "FasterRCNNConfig":
         return cls(**_coerce(json.loads(text)))
+
+
+# simple-faster-rcnn-pytorch's trainer (seed 003, utils/config.py): SGD momentum 0.9, lr 1e-3,
+# weight decay 5e-4, one image per step, 14 epochs with lr x 0.1 after epoch 9, evaluated after
+# every epoch (the best kept).
+FINE_TUNE_RECIPE = TrainingRecipe(
+    name="fine-tune (simple-faster-rcnn-pytorch's)", optimizer="sgd", batch_size=1, lr=1e-3, warmup_steps=0,
+    lr_schedule="multistep", lr_boundaries=(9 / 14,), clip_grad_norm=0.0, epochs=14.0, min_steps=1000,
+    evaluations=14)
 
 
 def _check_choice(field, value, choices):

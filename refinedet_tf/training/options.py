@@ -4,7 +4,7 @@ data, and the training recipe that fills what the flags leave unset."""
 import dataclasses
 import math
 
-from refinedet_tf.config import get_preset, recipe_for
+from refinedet_tf.presets import get_preset
 
 DEMO_PRESET = "mobilenetv2_lite_192"
 # Options that a recipe (config.TrainingRecipe) sets when the command line leaves them None.
@@ -25,7 +25,7 @@ class TrainOptions:
     label_map: str | None = None
     on_bad_example: str = "error"  # data/policy.py
     model_dir: str = "runs/refinedet"
-    # None: the preset's recipe (config.recipe_for), resolved by `resolve_recipe`.
+    # None: the preset's recipe (its config's training_recipe()), resolved by `resolve_recipe`.
     batch_size: int | None = None
     steps: int | None = None
     epochs: float | None = None
@@ -74,11 +74,11 @@ def config_for_data(options, names):
 def resolve_recipe(options, config, num_train_images):
     """-> (options with every recipe field set, the recipe, a line saying what was chosen).
 
-    Fields left None take the preset's recipe (`config.recipe_for`: the paper's schedule when
-    the backbone starts from weights, the demo's from scratch); the run's length is --steps,
+    Fields left None take the preset's recipe (its config's `training_recipe()`: the paper's
+    schedule when the backbone starts from weights, the demo's from scratch); the run's length is --steps,
     else --epochs, else the recipe's epochs over this training set.
     """
-    recipe = recipe_for(config)
+    recipe = config.training_recipe()
     chosen = {name: getattr(recipe, name) for name in RECIPE_FIELDS if getattr(options, name) is None}
     resolved = dataclasses.replace(options, **chosen)
     if options.steps is not None:

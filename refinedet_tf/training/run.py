@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from refinedet_tf import checkpoints, data as data_lib
 from refinedet_tf.architectures import architecture_for
-from refinedet_tf.config import get_preset
+from refinedet_tf.presets import get_preset
 from refinedet_tf.data.pipeline import loss_targets, make_dataset, make_distributed_dataset
 from refinedet_tf.data.synthetic import ensure_synthetic_dataset
 from refinedet_tf.drawing import draw_ground_truth_and_detections
@@ -273,12 +273,14 @@ def build_for_training(architecture, options, strategy, lr, model_dir):
 
 def _set_trainable(model, architecture, frozen_layers, freeze_backbone):
     """Layers with weights are trainable unless a stage freezes them (`frozen_layers`, name
-    prefixes) or they are backbone layers under --freeze_backbone."""
+    prefixes), the architecture always does (`fixed_frozen_layers`) or they are backbone layers
+    under --freeze_backbone."""
     heads = architecture.head_layer_prefixes
+    frozen = (*frozen_layers, *architecture.fixed_frozen_layers())
     for layer in model.layers:
         if layer.weights:
             backbone = not layer.name.startswith(heads)
-            layer.trainable = not ((freeze_backbone and backbone) or layer.name.startswith(tuple(frozen_layers)))
+            layer.trainable = not ((freeze_backbone and backbone) or layer.name.startswith(frozen))
 
 
 def _enter_stage(trainer, architecture, stage, freeze_backbone):

@@ -51,8 +51,8 @@ class DetectorTrainer(keras.Model):
 
     def compute_losses(self, images, targets, training):
         """-> the architecture's loss dict (normalized by the global counts) and `num_pos`."""
-        outputs = self.detector(images, training=training)
-        losses = self.architecture.losses(outputs, targets, sum_over_replicas)
+        losses = self.architecture.losses(self.detector, images, targets, sum_over_replicas, training=training,
+                                          step=self.optimizer.iterations)
         if self.optimized_losses is not None:
             losses["total"] = tf.add_n([losses[name] for name in self.optimized_losses])
         return losses

@@ -1,0 +1,110 @@
+"""Faster R-CNN (Ren et al., NeurIPS 2015) behind the detector interface (`base.Architecture`).
+
+One training step, as both references' end-to-end training (simple-faster-rcnn-pytorch's
+`FasterRCNNTrainer.forward`, py-faster-rcnn's end2end train.prototxt), batched:
+
+    network(inputs, training=True) -> features, RPN outputs, proposals (train counts)
+    anchor_targets      -> RPN labels (256 sampled anchors per image) and offsets
+    sample_roi_targets  -> 128 RoIs per image (proposals + ground truths), labels, offsets
+                           (or, with mining "ohem", the hardest RoIs of the minibatch: ohem.py)
+    roi_head(features, sampled RoIs) -> the head's outputs on those RoIs only
+    the four losses, each normalized per image over the global batch (losses.normalize)
+
+The random draws are stateless hashes of (step, replica, index) (`faster_rcnn.sampling`): a run
+draws the same anchors and RoIs each time it is run, resumed, or compiled with XLA.
+"""
+
+import tensorflow as tf
+
+from refinedet_tf.architectures.base import Architecture
+from refinedet_tf.faster_rcnn import losses as frcnn_losses
+from refinedet_tf.faster_rcnn.anchor_targets import anchor_targets
+from refinedet_tf.faster_rcnn.config import STRUCTURAL_FIELDS
+from refinedet_tf.faster_rcnn.model import build_faster_rcnn, decode_detections, detect, detect_builtin
+from refinedet_tf.faster_rcnn.roi_targets import sample_roi_targets
+
+# Loss names as seed 003 plots them (rpn_loc_loss, rpn_cls_loss, roi_loc_loss, roi_cls_loss,
+# total_loss).
+LOSS_NAMES = ("rpn_loc", "rpn_cls", "roi_loc", "roi_cls", "total")
+
+
+def _step_seeds(step):
+    """(RPN seed, RoI seed): int64 [2] each, distinct per step, per replica and per draw."""
+    step = tf.cast(0 if step is None else step, tf.int64)
+    context = tf.distribute.get_replica_context()
+    replica = tf.cast(0 if context is None else context.replica_id_in_sync_group, tf.int64)
+    return tf.stack([step, 2 * replica]), tf.stack([step, 2 * replica + 1])
+
+
+def boxes_to_canvas_pixels(boxes_yxyx, image_info):
+    """Normalized yxyx of each image's valid area [B, G, 4] -> canvas pixels, with image_info
+    [B, 3] (height, width, scale)."""
+    info = tf.cast(image_info, tf.float32)
+    size = tf.stack([info[:, 0], info[:, 1], info[:, 0], info[:, 1]], axis=-1)[:, None, :]
+    return tf.cast(boxes_yxyx, tf.float32) * size
+
+
+class FasterRCNN(Architecture):
+    """The network of `faster_rcnn.model.build_faster_rcnn`, the targets of `anchor_targets` and
+    `roi_targets`, the four losses of `faster_rcnn.losses`, the detection output of
+    `faster_rcnn.model.detect`."""
+
+    loss_names = LOSS_NAMES
+    structural_fields = STRUCTURAL_FIELDS
+    head_layer_prefixes = ("rpn", "roi_head")
+
+    def build_model(self):
+        return build_faster_rcnn(self.config)
+
+    def fixed_frozen_layers(self):
+        """VGG16's first blocks stay frozen in every stage (conv1, conv2: both references)."""
+        if self.config.backbone != "vgg16":
+            return ()
+        return tuple(f"block{block}_" for block in range(1, self.config.frozen_backbone_blocks + 1))
+
+    def losses(self, network, inputs, targets, global_sum, training=True, step=None):
+        config = self.config
+        outputs = network(inputs, training=training)
+        info = outputs["image_info"]
+        gt_boxes = boxes_to_canvas_pixels(targets["boxes"], info)
+        gt_valid = tf.cast(targets["mask"], tf.bool)
+        gt_classes = tf.cast(targets["classes"], tf.int32)
+        rpn_seed, roi_seed = _step_seeds(step)
+
+        rpn = anchor_targets(
+            tf.constant(network.get_layer("proposals").anchors_yxyx_px), gt_boxes, gt_valid, info,
+            positive_iou=config.rpn_positive_iou, negative_iou=config.rpn_negative_iou,
+            samples_per_image=config.rpn_samples_per_image, positive_fraction=config.rpn_positive_fraction,
+            seed=rpn_seed, zero_best_iou_forces_positives=config.rpn_zero_best_iou_forces_positives)
+        rois = self._head_rois(network, outputs, gt_boxes, gt_classes, gt_valid, roi_seed, training)
+        head = network.get_layer("roi_head")([outputs["features"], rois["rois_yxyx_px"], rois["valid"]],
+                                             training=training)
+        terms = {
+            "rpn_loc": frcnn_losses.rpn_loc_loss(outputs["rpn_loc"], rpn.loc_targets, rpn.labels, config.rpn_sigma),
+            "rpn_cls": frcnn_losses.rpn_cls_loss(outputs["rpn_logits"], rpn.labels),
+            "roi_loc": frcnn_losses.roi_loc_loss(head["roi_loc"], rois["box_targets"], rois["labels"], rois["valid"],
+                                                 config.roi_sigma),
+            "roi_cls": frcnn_losses.roi_cls_loss(head["roi_logits"], rois["labels"], rois["valid"]),
+        }
+        losses = frcnn_losses.normalize(terms, global_sum)
+        losses["num_pos"] = global_sum(tf.reduce_sum(tf.cast(rois["foreground"] & rois["valid"], tf.float32)))
+        return losses
+
+    def _head_rois(self, network, outputs, gt_boxes, gt_classes, gt_valid, seed, training):
+        """The RoIs the head trains on, with their targets (`sample_roi_targets`' dict)."""
+        config = self.config
+        return sample_roi_targets(
+            outputs["rois_yxyx_px"], outputs["rois_valid"], gt_boxes, gt_classes, gt_valid,
+            num_samples=config.roi_samples_per_image, foreground_fraction=config.roi_foreground_fraction,
+            foreground_iou=config.roi_foreground_iou, background_iou_high=config.roi_background_iou_high,
+            background_iou_low=config.roi_background_iou_low, box_stds=config.box_stds, seed=seed)
+
+    def detect(self, outputs, max_detections=None, score_threshold=None, nms_iou=None):
+        return detect(outputs, self.config, max_detections=max_detections, score_threshold=score_threshold,
+                      nms_iou=nms_iou)
+
+    def detect_builtin(self, outputs):
+        return detect_builtin(outputs, self.config)
+
+    def class_scores(self, outputs):
+        return decode_detections(outputs, self.config)["scores"]
