@@ -112,6 +112,34 @@ def rpn_loc_loss(pred_loc, target_loc, labels, sigma=RPN_SIGMA):
     return _term(_box_loss(pred_loc, target_loc, labels > 0, sigma), labels >= 0)
 
 
+def per_roi_cls_loss(logits, labels, valid):
+    """Each valid RoI's cross entropy (`roi_cls_loss` before the sum; OHEM ranks RoIs by it).
+
+    Args: as `roi_cls_loss`.
+    Returns:
+      [B, R] float32 -log softmax(logits)[label] where valid (computed from the logits, never
+      capped), 0 elsewhere.
+    """
+    return _masked_cross_entropy(logits, labels, tf.cast(valid, tf.bool))
+
+
+def per_roi_loc_loss(pred_loc, target_loc, labels, valid, sigma=ROI_SIGMA):
+    """Each RoI's box loss (`roi_loc_loss` before the sum; OHEM ranks RoIs by it).
+
+    Args: as `roi_loc_loss`.
+    Returns:
+      [B, R] float32 smooth L1 summed over the 4 outputs of the RoI's own class where valid and
+      label > 0, 0 elsewhere (background has no box term).
+    """
+    valid = tf.cast(valid, tf.bool)
+    labels = tf.where(valid, tf.cast(labels, tf.int32), 0)
+    pred_loc = tf.convert_to_tensor(pred_loc)
+    if pred_loc.shape.rank == 3:
+        pred_loc = tf.reshape(pred_loc, tf.concat([tf.shape(pred_loc)[:2], [-1, 4]], axis=0))
+    own = tf.gather(pred_loc, labels, batch_dims=2)  # [B, R, 4]: background picks class 0, unused
+    return _box_loss(own, target_loc, valid & (labels > 0), sigma)
+
+
 def roi_cls_loss(logits, labels, valid):
     """Head classification: cross entropy over the valid sampled RoIs.
 
@@ -122,8 +150,7 @@ def roi_cls_loss(logits, labels, valid):
     Returns:
       LossTerm: sum of the valid RoIs' cross entropy, count of valid RoIs.
     """
-    valid = tf.cast(valid, tf.bool)
-    return _term(_masked_cross_entropy(logits, labels, valid), valid)
+    return _term(per_roi_cls_loss(logits, labels, valid), tf.cast(valid, tf.bool))
 
 
 def roi_loc_loss(pred_loc, target_loc, labels, valid, sigma=ROI_SIGMA):
@@ -138,13 +165,7 @@ def roi_loc_loss(pred_loc, target_loc, labels, valid, sigma=ROI_SIGMA):
       LossTerm: sum over the foreground RoIs (valid, label > 0), count of valid RoIs (background
       included): the reference divides by all its samples.
     """
-    valid = tf.cast(valid, tf.bool)
-    labels = tf.where(valid, tf.cast(labels, tf.int32), 0)
-    pred_loc = tf.convert_to_tensor(pred_loc)
-    if pred_loc.shape.rank == 3:
-        pred_loc = tf.reshape(pred_loc, tf.concat([tf.shape(pred_loc)[:2], [-1, 4]], axis=0))
-    own = tf.gather(pred_loc, labels, batch_dims=2)  # [B, R, 4]: background picks class 0, unused
-    return _term(_box_loss(own, target_loc, valid & (labels > 0), sigma), valid)
+    return _term(per_roi_loc_loss(pred_loc, target_loc, labels, valid, sigma), tf.cast(valid, tf.bool))
 
 
 def _shares(term, per_image):

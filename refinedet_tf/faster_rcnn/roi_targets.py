@@ -63,6 +63,79 @@ def max_foreground(num_samples=NUM_SAMPLES, foreground_fraction=FOREGROUND_FRACT
     return int(np.round(foreground_fraction * num_samples))
 
 
+def _checked_inputs(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid):
+    """The five inputs as tensors of the expected dtypes, their shapes checked."""
+    rois_yxyx_px = tf.stop_gradient(tf.convert_to_tensor(rois_yxyx_px, tf.float32))
+    rois_valid = tf.convert_to_tensor(rois_valid, tf.bool)
+    gt_boxes_yxyx_px = tf.convert_to_tensor(gt_boxes_yxyx_px, tf.float32)
+    gt_classes = tf.convert_to_tensor(gt_classes, tf.int32)
+    gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
+    _check_shapes(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid)
+    return rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid
+
+
+def _candidates(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_valid):
+    """Step 1: [B, R + G, 4] boxes and [B, R + G] validity, the proposals then the gts appended
+    (both references do this, so each gt can be a foreground sample of IoU 1 even when no
+    proposal covers it)."""
+    candidates = tf.concat([rois_yxyx_px, gt_boxes_yxyx_px], axis=1)
+    if candidates.shape[1] is None:
+        raise ValueError("rois_yxyx_px and gt_boxes_yxyx_px need static numbers of rows R and G")
+    return candidates, tf.concat([rois_valid, gt_valid], axis=1)
+
+
+def _at_least_one_gt_row(gt_boxes_yxyx_px, gt_classes, gt_valid):
+    """No gt rows at all (G = 0): one padded row keeps the IoU's argmax and the gathers valid."""
+    if gt_boxes_yxyx_px.shape[1] != 0:
+        return gt_boxes_yxyx_px, gt_classes, gt_valid
+    return (tf.pad(gt_boxes_yxyx_px, [[0, 0], [0, 1], [0, 0]]), tf.pad(gt_classes, [[0, 0], [0, 1]]),
+            tf.pad(gt_valid, [[0, 0], [0, 1]]))
+
+
+def _label_candidates(candidates_yxyx_px, candidate_valid, gt_boxes_yxyx_px, gt_valid, *, foreground_iou,
+                      background_iou_high, background_iou_low):
+    """Step 2: each candidate's best valid gt and its range.
+
+    Args:
+      candidates_yxyx_px: [B, N, 4]; candidate_valid: [B, N] bool.
+      gt_boxes_yxyx_px: [B, G, 4] with G >= 1; gt_valid: [B, G] bool.
+    Returns:
+      matched [B, N] int32 index into G of the best-IoU valid gt (first on ties; meaningful on
+      foreground), best_iou [B, N] float32 (0 in an image without a valid gt), foreground and
+      background [B, N] bool candidates (disjoint; a candidate in neither range is in neither).
+    """
+    # Padded gts get IoU -1, below every real IoU.
+    iou = box_coding.pairwise_iou(candidates_yxyx_px, gt_boxes_yxyx_px)  # [B, N, G]
+    iou = tf.where(gt_valid[:, None, :], iou, -1.0)
+    matched = argmax_first(iou, axis=2)  # [B, N]
+    best_iou = tf.reduce_max(iou, axis=2)
+    # An image without a valid gt: every candidate has IoU 0 with "nothing", i.e. background.
+    has_gt = tf.reduce_any(gt_valid, axis=1)[:, None]
+    best_iou = tf.where(has_gt, best_iou, 0.0)
+
+    foreground = candidate_valid & (best_iou >= foreground_iou)
+    background = (candidate_valid & (best_iou < background_iou_high)
+                  & (best_iou >= background_iou_low) & ~foreground)
+    return matched, best_iou, foreground, background
+
+
+def _foreground_targets(rois_yxyx_px, foreground, matched, gt_boxes_yxyx_px, gt_classes, box_stds):
+    """Step 4: labels [B, S] int32 (the matched gt's class on foreground, else 0) and box targets
+    [B, S, 4] (foreground only, else 0) of rows [B, S, 4] with their `matched` [B, S] gt index."""
+    labels = tf.where(foreground, tf.gather(gt_classes, matched, batch_dims=1), 0)
+    # py-faster-rcnn's _get_bbox_regression_labels also leaves background rows 0;
+    # simple-faster-rcnn encodes them against their best gt, and its loss weights them 0. Other
+    # rows encode a unit box on itself, so that no NaN (a zero-size padded gt) is computed even in
+    # the branch tf.where discards.
+    unit_box = tf.constant([0.0, 0.0, 1.0, 1.0])
+    matched_boxes = tf.where(foreground[..., None], tf.gather(gt_boxes_yxyx_px, matched, batch_dims=1), unit_box)
+    safe_rois = tf.where(foreground[..., None], rois_yxyx_px, unit_box)
+    # No epsilon inside the log: both references' encodings (bbox_transform, bbox2loc) have none,
+    # and RefineDet's 1e-5 would move th, tw by up to 1e-4 after the division by 0.2.
+    targets = box_coding.encode_boxes(matched_boxes, safe_rois, box_stds, size_epsilon=0.0)
+    return labels, tf.where(foreground[..., None], targets, 0.0)
+
+
 def sample_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid, *,
                        num_samples=NUM_SAMPLES, foreground_fraction=FOREGROUND_FRACTION,
                        foreground_iou=FOREGROUND_IOU, background_iou_high=BACKGROUND_IOU_HIGH,
@@ -98,48 +171,26 @@ def sample_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, g
         candidate_indices: [B, S] int32 index into the R proposals then G gts (R + g for gt g);
           -1 on padding.
     """
-    rois_yxyx_px = tf.stop_gradient(tf.convert_to_tensor(rois_yxyx_px, tf.float32))
-    rois_valid = tf.convert_to_tensor(rois_valid, tf.bool)
-    gt_boxes_yxyx_px = tf.convert_to_tensor(gt_boxes_yxyx_px, tf.float32)
-    gt_classes = tf.convert_to_tensor(gt_classes, tf.int32)
-    gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
-    _check_shapes(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid)
+    rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid = _checked_inputs(
+        rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid)
     num_samples = int(num_samples)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if not 0.0 <= foreground_fraction <= 1.0:
         raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
 
-    if gt_boxes_yxyx_px.shape[1] == 0:  # no gt rows at all: one padded row keeps the gathers valid
-        gt_boxes_yxyx_px = tf.pad(gt_boxes_yxyx_px, [[0, 0], [0, 1], [0, 0]])
-        gt_classes = tf.pad(gt_classes, [[0, 0], [0, 1]])
-        gt_valid = tf.pad(gt_valid, [[0, 0], [0, 1]])
-
-    # 1. Candidates: proposals, then the gts appended (both references do this, so each gt can
-    # be a foreground sample of IoU 1 even when no proposal covers it).
-    candidates = tf.concat([rois_yxyx_px, gt_boxes_yxyx_px], axis=1)  # [B, N, 4], N = R + G
-    candidate_valid = tf.concat([rois_valid, gt_valid], axis=1)
+    candidates, candidate_valid = _candidates(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_valid)  # [B, N]
+    gt_boxes_yxyx_px, gt_classes, gt_valid = _at_least_one_gt_row(gt_boxes_yxyx_px, gt_classes, gt_valid)
     num_candidates = candidates.shape[1]
-    if num_candidates is None:
-        raise ValueError("rois_yxyx_px and gt_boxes_yxyx_px need static numbers of rows R and G")
     if num_candidates < num_samples:  # fewer candidates than outputs: pad with invalid rows
         extra = num_samples - num_candidates
         candidates = tf.pad(candidates, [[0, 0], [0, extra], [0, 0]])
         candidate_valid = tf.pad(candidate_valid, [[0, 0], [0, extra]])
         num_candidates = num_samples
 
-    # 2. Best valid gt of each candidate. Padded gts get IoU -1, below every real IoU.
-    iou = box_coding.pairwise_iou(candidates, gt_boxes_yxyx_px)  # [B, N, G]
-    iou = tf.where(gt_valid[:, None, :], iou, -1.0)
-    matched = argmax_first(iou, axis=2)  # [B, N]
-    best_iou = tf.reduce_max(iou, axis=2)
-    # An image without a valid gt: every candidate has IoU 0 with "nothing", i.e. background.
-    has_gt = tf.reduce_any(gt_valid, axis=1)[:, None]
-    best_iou = tf.where(has_gt, best_iou, 0.0)
-
-    foreground_candidates = candidate_valid & (best_iou >= foreground_iou)
-    background_candidates = (candidate_valid & (best_iou < background_iou_high)
-                             & (best_iou >= background_iou_low) & ~foreground_candidates)
+    matched, best_iou, foreground_candidates, background_candidates = _label_candidates(
+        candidates, candidate_valid, gt_boxes_yxyx_px, gt_valid, foreground_iou=foreground_iou,
+        background_iou_high=background_iou_high, background_iou_low=background_iou_low)
 
     # 3. Sampling. Foreground and background are disjoint, so one seed serves both draws: the
     # keys of disjoint entries are independent.
@@ -159,23 +210,8 @@ def sample_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, g
     sample_valid = sample_foreground | take(background)
     sample_rois = tf.where(sample_valid[..., None], take(candidates), 0.0)
     sample_matched = take(matched)
-    sample_best_iou = tf.where(sample_valid, take(best_iou), 0.0)
-    matched_gt = tf.where(sample_foreground, sample_matched, -1)
-
-    labels = tf.where(sample_foreground, tf.gather(gt_classes, sample_matched, batch_dims=1), 0)
-    # 4. Targets, foreground only (py-faster-rcnn's _get_bbox_regression_labels also leaves
-    # background rows 0; simple-faster-rcnn encodes them against their best gt, and its loss
-    # weights them 0). Other rows encode a unit box on itself, so that no
-    # NaN (a zero-size padded gt) is computed even in the branch tf.where discards.
-    unit_box = tf.constant([0.0, 0.0, 1.0, 1.0])
-    matched_boxes = tf.where(sample_foreground[..., None],
-                             tf.gather(gt_boxes_yxyx_px, sample_matched, batch_dims=1), unit_box)
-    safe_rois = tf.where(sample_foreground[..., None], sample_rois, unit_box)
-    # No epsilon inside the log: both references' encodings (bbox_transform, bbox2loc) have none,
-    # and RefineDet's 1e-5 would move th, tw by up to 1e-4 after the division by 0.2.
-    targets = box_coding.encode_boxes(matched_boxes, safe_rois, box_stds, size_epsilon=0.0)
-    box_targets = tf.where(sample_foreground[..., None], targets, 0.0)
-
+    labels, box_targets = _foreground_targets(sample_rois, sample_foreground, sample_matched, gt_boxes_yxyx_px,
+                                              gt_classes, box_stds)
     return {
         "rois_yxyx_px": sample_rois,
         "labels": labels,
@@ -183,7 +219,48 @@ def sample_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, g
         "foreground": sample_foreground,
         "valid": sample_valid,
         "num_valid": tf.reduce_sum(tf.cast(sample_valid, tf.int32), axis=1),
-        "matched_gt": matched_gt,
-        "max_iou": sample_best_iou,
+        "matched_gt": tf.where(sample_foreground, sample_matched, -1),
+        "max_iou": tf.where(sample_valid, take(best_iou), 0.0),
         "candidate_indices": tf.where(sample_valid, rows, -1),
+    }
+
+
+def all_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid, *,
+                    foreground_iou=FOREGROUND_IOU, box_stds=BOX_STDS):
+    """Every candidate of each image with its class and box targets, in candidate order (OHEM).
+
+    OHEM's `_all_rois` (abhi2610/ohem `lib/roi_data_layer/minibatch.py`): no sampling; a
+    candidate is foreground (best IoU >= foreground_iou, the matched gt's class) or background
+    (label 0): the background range is [0, foreground_iou), OHEM asserts BG_THRESH_LO == 0.0.
+    The same labelling and targets as `sample_roi_targets` (the shared steps 1, 2 and 4); what
+    differs is the order: `sample_roi_targets(..., num_samples=R + G, foreground_fraction=1.0,
+    background_iou_low=0.0, seed=None)` keeps the same rows but puts the foreground first.
+
+    Args: as `sample_roi_targets`.
+    Returns:
+      the dict of `sample_roi_targets` with N = R + G rows, row n = candidate n (the proposals,
+      then the gts): candidate_indices is n on valid rows, -1 on invalid ones (padded proposals
+      and gts, and a candidate whose IoU is NaN, which is in no range); invalid rows hold 0,
+      labels 0, matched_gt -1, as padding there.
+    """
+    rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid = _checked_inputs(
+        rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_valid)
+    candidates, candidate_valid = _candidates(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_valid)  # [B, N]
+    gt_boxes_yxyx_px, gt_classes, gt_valid = _at_least_one_gt_row(gt_boxes_yxyx_px, gt_classes, gt_valid)
+    matched, best_iou, foreground, background = _label_candidates(
+        candidates, candidate_valid, gt_boxes_yxyx_px, gt_valid, foreground_iou=foreground_iou,
+        background_iou_high=foreground_iou, background_iou_low=0.0)
+    valid = foreground | background
+    rois = tf.where(valid[..., None], candidates, 0.0)
+    labels, box_targets = _foreground_targets(rois, foreground, matched, gt_boxes_yxyx_px, gt_classes, box_stds)
+    return {
+        "rois_yxyx_px": rois,
+        "labels": labels,
+        "box_targets": box_targets,
+        "foreground": foreground,
+        "valid": valid,
+        "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+        "matched_gt": tf.where(foreground, matched, -1),
+        "max_iou": tf.where(valid, best_iou, 0.0),
+        "candidate_indices": tf.where(valid, tf.range(candidates.shape[1])[None, :], -1),
     }
