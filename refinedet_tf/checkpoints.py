@@ -17,8 +17,8 @@ import os
 import tensorflow as tf
 
 from refinedet_tf.architectures import architecture_for, config_from_json
-from refinedet_tf.presets import get_preset
 from refinedet_tf.data.label_map import default_label_map_path, load_label_map
+from refinedet_tf.presets import get_preset
 
 CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "best.weights.h5"

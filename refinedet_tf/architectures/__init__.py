@@ -44,4 +44,5 @@ def config_from_json(text):
                      f"{sorted(unknown[closest])}")
 
 
-__all__ = ["Architecture", "FasterRCNN", "RefineDet", "TrainingStage", "architecture_for", "config_from_json", "sum_over_replicas"]
+__all__ = ["Architecture", "FasterRCNN", "RefineDet", "TrainingStage", "architecture_for", "config_from_json",
+           "sum_over_replicas"]

@@ -6,9 +6,10 @@ One training step, as both references' end-to-end training (simple-faster-rcnn-p
     network(inputs, training=True) -> features, RPN outputs, proposals (train counts)
     anchor_targets      -> RPN labels (256 sampled anchors per image) and offsets
     sample_roi_targets  -> 128 RoIs per image (proposals + ground truths), labels, offsets
-                           (or, with mining "ohem", the hardest RoIs of the minibatch: ohem.py)
     roi_head(features, sampled RoIs) -> the head's outputs on those RoIs only
     the four losses, each normalized per image over the global batch (losses.normalize)
+
+or, with mining "ohem", the head's RoIs are the hardest of all candidates (`_hard_rois`).
 
 The random draws are stateless hashes of (step, replica, index) (`faster_rcnn.sampling`): a run
 draws the same anchors and RoIs each time it is run, resumed, or compiled with XLA.
@@ -17,7 +18,7 @@ draws the same anchors and RoIs each time it is run, resumed, or compiled with X
 import tensorflow as tf
 
 from refinedet_tf.architectures.base import Architecture
-from refinedet_tf.faster_rcnn import losses as frcnn_losses
+from refinedet_tf.faster_rcnn import losses as frcnn_losses, ohem
 from refinedet_tf.faster_rcnn.anchor_targets import anchor_targets
 from refinedet_tf.faster_rcnn.config import STRUCTURAL_FIELDS
 from refinedet_tf.faster_rcnn.model import build_faster_rcnn, decode_detections, detect, detect_builtin
@@ -76,28 +77,62 @@ class FasterRCNN(Architecture):
             positive_iou=config.rpn_positive_iou, negative_iou=config.rpn_negative_iou,
             samples_per_image=config.rpn_samples_per_image, positive_fraction=config.rpn_positive_fraction,
             seed=rpn_seed, zero_best_iou_forces_positives=config.rpn_zero_best_iou_forces_positives)
-        rois = self._head_rois(network, outputs, gt_boxes, gt_classes, gt_valid, roi_seed, training)
-        head = network.get_layer("roi_head")([outputs["features"], rois["rois_yxyx_px"], rois["valid"]],
-                                             training=training)
-        terms = {
+        rpn_terms = {
             "rpn_loc": frcnn_losses.rpn_loc_loss(outputs["rpn_loc"], rpn.loc_targets, rpn.labels, config.rpn_sigma),
             "rpn_cls": frcnn_losses.rpn_cls_loss(outputs["rpn_logits"], rpn.labels),
-            "roi_loc": frcnn_losses.roi_loc_loss(head["roi_loc"], rois["box_targets"], rois["labels"], rois["valid"],
-                                                 config.roi_sigma),
-            "roi_cls": frcnn_losses.roi_cls_loss(head["roi_logits"], rois["labels"], rois["valid"]),
         }
-        losses = frcnn_losses.normalize(terms, global_sum)
+        head = network.get_layer("roi_head")
+        if config.mining == "ohem":
+            rois, trained, per_image = self._hard_rois(head, outputs, gt_boxes, gt_classes, gt_valid, training)
+        else:
+            rois = sample_roi_targets(
+                outputs["rois_yxyx_px"], outputs["rois_valid"], gt_boxes, gt_classes, gt_valid,
+                num_samples=config.roi_samples_per_image, foreground_fraction=config.roi_foreground_fraction,
+                foreground_iou=config.roi_foreground_iou, background_iou_high=config.roi_background_iou_high,
+                background_iou_low=config.roi_background_iou_low, box_stds=config.box_stds, seed=roi_seed)
+            trained = head([outputs["features"], rois["rois_yxyx_px"], rois["valid"]], training=training)
+            per_image = True
+        roi_terms = {
+            "roi_loc": frcnn_losses.roi_loc_loss(trained["roi_loc"], rois["box_targets"], rois["labels"],
+                                                 rois["valid"], config.roi_sigma),
+            "roi_cls": frcnn_losses.roi_cls_loss(trained["roi_logits"], rois["labels"], rois["valid"]),
+        }
+        losses = frcnn_losses.normalize(rpn_terms, global_sum)
+        losses.update(frcnn_losses.normalize(roi_terms, global_sum, per_image=per_image))
+        losses["total"] = tf.add_n([losses[name] for name in LOSS_NAMES[:-1]])
         losses["num_pos"] = global_sum(tf.reduce_sum(tf.cast(rois["foreground"] & rois["valid"], tf.float32)))
         return losses
 
-    def _head_rois(self, network, outputs, gt_boxes, gt_classes, gt_valid, seed, training):
-        """The RoIs the head trains on, with their targets (`sample_roi_targets`' dict)."""
+    def _hard_rois(self, head, outputs, gt_boxes, gt_classes, gt_valid, training):
+        """OHEM (seed 001; faster_rcnn/ohem.py): every proposal and ground truth is a candidate,
+        the roi_samples_per_image x B with the largest losses (over the replica's minibatch, or
+        per image with ohem_per_image) are trained.
+
+        One head pass over all candidates, with gradient; the selection reads its per-RoI
+        losses without gradient, and only the selected rows enter the loss. The gradient is the
+        seed's (its trainable pass on the selected RoIs only), with one difference: the seed's
+        read-only pass draws its own dropout mask. A second pass on the gathered RoIs would be
+        padded to [B, K B] rows under whole-minibatch selection (one image may get all K B),
+        B times the work of this pass.
+
+        Returns: (targets dict with `valid` = selected, the head's outputs on all candidates,
+        whether the losses are normalized per image).
+        """
         config = self.config
-        return sample_roi_targets(
-            outputs["rois_yxyx_px"], outputs["rois_valid"], gt_boxes, gt_classes, gt_valid,
-            num_samples=config.roi_samples_per_image, foreground_fraction=config.roi_foreground_fraction,
-            foreground_iou=config.roi_foreground_iou, background_iou_high=config.roi_background_iou_high,
-            background_iou_low=config.roi_background_iou_low, box_stds=config.box_stds, seed=seed)
+        candidates = ohem.all_roi_targets(outputs["rois_yxyx_px"], outputs["rois_valid"], gt_boxes, gt_classes,
+                                          gt_valid, foreground_iou=config.roi_foreground_iou,
+                                          box_stds=config.box_stds)
+        trained = head([outputs["features"], candidates["rois_yxyx_px"], candidates["valid"]], training=training)
+        per_roi = ohem.per_roi_losses(trained["roi_logits"], trained["roi_loc"], candidates["labels"],
+                                      candidates["box_targets"], candidates["valid"], sigma=config.roi_sigma)
+        batch = outputs["features"].shape[0]
+        if batch is None and not config.ohem_per_image:
+            raise ValueError("OHEM over the whole minibatch needs a static batch size")
+        count = config.roi_samples_per_image * (1 if config.ohem_per_image else batch)
+        selected = ohem.select_hard_examples(
+            per_roi, candidates["rois_yxyx_px"], candidates["labels"], candidates["valid"], num_selected=count,
+            per_image=config.ohem_per_image, nms_iou=config.ohem_nms_iou if config.ohem_nms_iou < 1.0 else None)
+        return {**candidates, "valid": selected}, trained, config.ohem_per_image
 
     def detect(self, outputs, max_detections=None, score_threshold=None, nms_iou=None):
         return detect(outputs, self.config, max_detections=max_detections, score_threshold=score_threshold,

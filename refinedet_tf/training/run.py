@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from refinedet_tf import checkpoints, data as data_lib
 from refinedet_tf.architectures import architecture_for
-from refinedet_tf.presets import get_preset
 from refinedet_tf.data.pipeline import loss_targets, make_dataset, make_distributed_dataset
 from refinedet_tf.data.synthetic import ensure_synthetic_dataset
 from refinedet_tf.drawing import draw_ground_truth_and_detections
 from refinedet_tf.evaluation.runner import evaluate_dataset, make_predict_fn
+from refinedet_tf.presets import get_preset
 from refinedet_tf.training import callbacks as cb
 from refinedet_tf.training.ema import UpdateWeightAverage, WeightAverage
 from refinedet_tf.training.optimizer import WarmupSchedule, default_lr, make_optimizer, resolve_boundaries
