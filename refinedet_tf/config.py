@@ -18,6 +18,9 @@ BACKBONES = ("vgg16", "resnet101", "resnet50", "mobilenetv2")
 PREPROCESSING = ("caffe_bgr", "tf")
 NEGATIVE_FILTERING = ("caffe", "pytorch")
 MINING = ("hard_negative", "ohem", "focal")
+# Training augmentation of the data pipeline (data/augment.py): "ssd" = SSD's photometric
+# distortion, expand, random crop and flip; "flip" = a horizontal flip with p 0.5 only.
+AUGMENTATIONS = ("ssd", "flip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,9 @@ class RefineDetConfig:
     # Input normalization applied before the model (see preprocessing.py).
     preprocessing: str = "caffe_bgr"  # "caffe_bgr": BGR minus mean; "tf": RGB scaled to [-1, 1]
     pixel_mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)
-    # Training augmentation (the Caffe scripts' expand_param): expand's canvas is up to this many times the image side.
+    # Training augmentation (AUGMENTATIONS): "ssd" is the Caffe scripts' (distort, expand, crop, flip).
+    augmentation: str = "ssd"
+    # The "ssd" augmentation's expand_param: expand's canvas is up to this many times the image side.
     max_expand_ratio: float = 4.0
     # Matching and losses.
     match_iou: float = 0.5
@@ -71,6 +76,7 @@ class RefineDetConfig:
         _check_choice("preprocessing", self.preprocessing, PREPROCESSING)
         _check_choice("negative_filtering", self.negative_filtering, NEGATIVE_FILTERING)
         _check_choice("mining", self.mining, MINING)
+        _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
         if self.backbone_alpha != 1.0 and self.backbone != "mobilenetv2":
             raise ValueError(f"backbone_alpha is MobileNetV2's width multiplier; {self.backbone} needs 1.0")
         if self.num_classes < 2:
@@ -101,6 +107,12 @@ class RefineDetConfig:
     def training_recipe(self) -> TrainingRecipe:
         """What train.py's unset flags take for this preset (`recipe_for`)."""
         return recipe_for(self)
+
+    @property
+    def resize_mode(self) -> str:
+        """How the data pipeline sizes images (data/augment.py): "stretch", warped to
+        image_size x image_size; RefineDet's anchors tile the whole square."""
+        return "stretch"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -6,6 +6,7 @@ import colorsys
 import cv2
 import numpy as np
 
+from refinedet_tf.data.pipeline import image_pixels, valid_sizes
 from refinedet_tf.preprocessing import unpreprocess_images
 
 
@@ -55,21 +56,28 @@ def draw_ground_truth_and_detections(images, targets, detections, config, class_
     >= min_score) boxes, as float32 RGB in [0, 1] (what tf.summary.image takes).
 
     Args:
-      images: [B, S, S, 3] preprocessed (`preprocessing.preprocess_images` of `config`).
+      images: a pipeline batch's images (`data.pipeline`): [B, S, S, 3] preprocessed
+        (`preprocessing.preprocess_images` of `config`), or the keep_aspect dict.
       targets: dict boxes [B, G, 4] normalized yxyx, mask [B, G].
       detections: the dict of `Architecture.detect`.
+    Returns:
+      a list of float32 [S, S, 3]: the whole canvas (keep_aspect padding included, so the
+      pictures stack), with the boxes, normalized to each image's valid area, drawn on it.
     """
-    pixels = np.asarray(unpreprocess_images(images[:limit], config))
+    pixels = np.asarray(unpreprocess_images(image_pixels(images)[:limit], config))
+    # Valid area / canvas, per image: maps boxes normalized to the valid area onto the canvas.
+    to_canvas = np.tile(np.asarray(valid_sizes(images), np.float64) / pixels.shape[1:3], 2)
     out = []
     for i in range(pixels.shape[0]):
         rgb = np.clip(pixels[i], 0, 255).astype(np.uint8)
         valid = np.asarray(targets["mask"][i])
-        rgb = draw_boxes(rgb, np.asarray(targets["boxes"][i])[valid], (255, 0, 0))
+        rgb = draw_boxes(rgb, np.asarray(targets["boxes"][i])[valid] * to_canvas[i], (255, 0, 0))
         n = int(detections["num_detections"][i])
         scores = np.asarray(detections["detection_scores"][i][:n])
         keep = scores >= min_score
         labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(
             np.asarray(detections["detection_classes"][i][:n])[keep], scores[keep])]
-        rgb = draw_boxes(rgb, np.asarray(detections["detection_boxes"][i][:n])[keep], (0, 255, 0), labels)
+        boxes = np.asarray(detections["detection_boxes"][i][:n])[keep] * to_canvas[i]
+        rgb = draw_boxes(rgb, boxes, (0, 255, 0), labels)
         out.append(rgb.astype(np.float32) / 255.0)
     return out

@@ -346,6 +346,30 @@ def test_eval_path_resizes_bilinear_and_keeps_boxes():
         A.augment_example(example, CONFIG, augment=True)
 
 
+def test_flip_augmentation_in_stretch_mode_is_the_eval_path_or_its_mirror():
+    config = get_preset("vgg16_320", image_size=64, augmentation="flip")
+    rng = np.random.RandomState(9)
+    example = random_example(rng, 2)
+    plain = A.augment_example(example, config, augment=False)
+    boxes = example["boxes"]
+    mirrored_boxes = np.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], axis=1)
+    run = tf.function(lambda seed: A.augment_example(example, config, seed))
+    flips = 0
+    for s in range(16):
+        seed = tf.constant([11, s], tf.int64)
+        out = run(seed)
+        if A.draw_mirror(seed).numpy():
+            flips += 1
+            np.testing.assert_array_equal(out["image"].numpy(), plain["image"].numpy()[:, ::-1])
+            np.testing.assert_allclose(out["boxes"].numpy(), mirrored_boxes, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(out["image"].numpy(), plain["image"].numpy())
+            np.testing.assert_array_equal(out["boxes"].numpy(), boxes)
+        np.testing.assert_array_equal(out["classes"].numpy(), example["classes"])  # no box dropped
+        assert "image_info" not in out
+    assert 3 <= flips <= 13
+
+
 def _graph_ops(graph_def):
     ops = {node.op for node in graph_def.node}
     for function in graph_def.library.function:

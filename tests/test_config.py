@@ -1,8 +1,10 @@
 import dataclasses
+import json
 
 import pytest
 
 import refinedet_tf
+from refinedet_tf.config import STRUCTURAL_FIELDS
 
 
 def test_every_preset_resolves_with_reference_numbers():
@@ -40,7 +42,22 @@ def test_json_round_trip():
     ("vgg16_320", {"num_classes": 1}, "counts background"),
     ("vgg16_320", {"negative_filtering": "both"}, "negative_filtering must be one of"),
     ("vgg16_320", {"nms_iou": 1.5}, r"nms_iou must be in \[0, 1\]"),
+    ("vgg16_320", {"augmentation": "mixup"}, r"augmentation must be one of \('ssd', 'flip'\), got 'mixup'"),
 ])
 def test_bad_settings_are_clear_errors(name, overrides, message):
     with pytest.raises(ValueError, match=message):
         refinedet_tf.get_preset(name, **overrides)
+
+
+def test_resize_mode_and_augmentation():
+    c = refinedet_tf.get_preset("mobilenetv2_lite_192")
+    assert (c.resize_mode, c.augmentation) == ("stretch", "ssd")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.resize_mode = "keep_aspect"  # a property of the architecture, not a setting
+    flip = refinedet_tf.get_preset("vgg16_320", augmentation="flip")
+    assert refinedet_tf.RefineDetConfig.from_json(flip.to_json()).augmentation == "flip"
+    # A config saved before the field existed reads as the augmentation it trained with.
+    fields = json.loads(c.to_json())
+    del fields["augmentation"]
+    assert refinedet_tf.RefineDetConfig.from_json(json.dumps(fields)) == c
+    assert "augmentation" not in STRUCTURAL_FIELDS and "resize_mode" not in {f.name for f in dataclasses.fields(c)}

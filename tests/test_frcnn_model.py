@@ -70,6 +70,15 @@ def test_paper_preset_numbers():
     assert (sfr.anchor_center, sfr.round_base_anchors, sfr.head_dropout) == (8.0, False, 0.0)
 
 
+def test_input_pipeline_settings():
+    # Faster R-CNN's input keeps the aspect; the references augment with a flip only, the CPU
+    # demo (from scratch) with SSD's augmentation.
+    paper, demo = faster_rcnn_preset("faster_rcnn_vgg16"), faster_rcnn_preset(LITE)
+    assert (paper.resize_mode, paper.augmentation) == ("keep_aspect", "flip")
+    assert (demo.resize_mode, demo.augmentation, demo.max_expand_ratio) == ("keep_aspect", "ssd", 2.0)
+    assert not {"augmentation", "max_expand_ratio"} & set(STRUCTURAL_FIELDS)
+
+
 def test_structural_fields_are_fields():
     names = {f.name for f in dataclasses.fields(FasterRCNNConfig)}
     assert set(STRUCTURAL_FIELDS) <= names
@@ -86,6 +95,8 @@ def test_structural_fields_are_fields():
     (dict(test_post_nms_top_n=0), "test_post_nms_top_n must be >= 1"),
     (dict(rpn_negative_iou=0.8), "rpn_negative_iou 0.8 must be <= rpn_positive_iou"),
     (dict(min_side=1200), "min_side 1200 must be <= max_side 1000"),
+    (dict(augmentation="ssd_lite"), "augmentation must be one of ('ssd', 'flip'), got 'ssd_lite'"),
+    (dict(max_expand_ratio=0.5), "max_expand_ratio must be >= 1"),
 ])
 def test_bad_settings_raise(overrides, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

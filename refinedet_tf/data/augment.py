@@ -1,15 +1,30 @@
 """SSD/RefineDet training augmentation (Caffe's AnnotatedDataLayer with the
 train_transform_param and batch_sampler of the Caffe RefineDet's examples/refinedet/*.py, SSD's
-augmentation: Liu et al., ECCV 2016, section 2.2) as pure TF ops.
+augmentation: Liu et al., ECCV 2016, section 2.2) as pure TF ops, and the resize of every
+example, augmented or not, to the model's input.
 
 Order, as in Caffe's `AnnotatedDataLayer::load_batch` and `DataTransformer::Transform`:
 
   1. photometric distortion (`DistortImage` -> `ApplyDistort`);
   2. expand onto a mean-filled canvas (`ExpandImage`, p 0.5, ratio uniform in [1, `max_expand_ratio`], 4 in the paper);
   3. one crop from the 7 batch samplers (`GenerateBatchSamples`), CENTER emit constraint;
-  4. WARP resize to `config.image_size` with a random interpolation;
+  4. resize (below) with a random interpolation;
   5. mirror (p 0.5);
   6. `preprocess_images` (the preset's normalization).
+
+`config.augmentation` picks the training augmentation: "ssd" is steps 1-6; "flip" is steps 4
+(bilinear), 5, 6, the Faster R-CNN references' only augmentation. The eval path is 4
+(bilinear) and 6. `config.resize_mode` picks step 4:
+
+  * "stretch" (RefineDet): WARP resize to `image_size` x `image_size`.
+  * "keep_aspect" (Faster R-CNN, py-faster-rcnn's `prep_im_for_blob`): scale the shorter side
+    to `min_side` unless the longer would pass `max_side` (or the canvas `image_size`), resize
+    to (round(h * scale), round(w * scale)), mirror inside that valid area, preprocess, then
+    pad bottom/right with zeros to the `image_size` square canvas. The example also gets
+    `image_info` = float32 (valid height, valid width, scale).
+
+In both modes the boxes are normalized to the resized image's valid area (the whole output in
+"stretch"), so the resize and the padding leave them unchanged.
 
 Everything is TensorFlow ops with dynamic shapes (no `tf.py_function`, no numpy on the
 training path), so it runs inside `tf.data.Dataset.map` in graph mode. Randomness is
@@ -41,6 +56,7 @@ import dataclasses
 import tensorflow as tf
 
 from refinedet_tf.box_coding import pairwise_iou
+from refinedet_tf.config import AUGMENTATIONS
 from refinedet_tf.preprocessing import mean_pixel_rgb, preprocess_images
 
 # Photometric distortion (the Caffe scripts' distort_param), each op fires with this probability.
@@ -66,6 +82,8 @@ TRAIN_INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "lanczos3")
 EVAL_INTERPOLATION = "bilinear"
 
 PIXEL_MAX = 255.0
+
+RESIZE_MODES = ("stretch", "keep_aspect")  # the configs' `resize_mode`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,21 +428,79 @@ def crop_expanded_image(image, expand, crop_px, fill_rgb, distort=None):
 # ----------------------------------------------------------------------------- resize, mirror
 
 
+def _resize(image, size_hw, method_index=None):
+    """tf.image.resize of [h, w, 3] to size_hw (2 ints or int32 [2]), not clipped.
+
+    method_index: None for bilinear (eval), or an int32 scalar tensor indexing
+    TRAIN_INTERPOLATIONS (train).
+    """
+    def resize(method):
+        return lambda: tf.image.resize(image, size_hw, method=method, antialias=False)
+
+    if method_index is None:
+        return resize(EVAL_INTERPOLATION)()
+    return tf.switch_case(method_index, [resize(m) for m in TRAIN_INTERPOLATIONS])
+
+
 def resize_image(image, size, method_index=None):
     """Warp-resizes [h, w, 3] float32 to [size, size, 3], clipped to [0, 255].
 
     method_index: None for bilinear (eval), or an int32 scalar tensor indexing
     TRAIN_INTERPOLATIONS (train). Bicubic and Lanczos overshoot, hence the clip.
     """
-    def resize(method):
-        return lambda: tf.image.resize(image, [size, size], method=method, antialias=False)
-
-    if method_index is None:
-        resized = resize(EVAL_INTERPOLATION)()
-    else:
-        resized = tf.switch_case(method_index, [resize(m) for m in TRAIN_INTERPOLATIONS])
-    resized = tf.ensure_shape(resized, [size, size, 3])
+    resized = tf.ensure_shape(_resize(image, [size, size], method_index), [size, size, 3])
     return tf.clip_by_value(resized, 0.0, PIXEL_MAX)
+
+
+def keep_aspect_size(height, width, min_side, max_side, canvas_size):
+    """py-faster-rcnn's `prep_im_for_blob` scale, also capped so the image fits the canvas.
+
+    scale = min_side / min(h, w); if round(scale * max(h, w)) > max_side, scale = max_side /
+    max(h, w); then likewise with canvas_size. In float64, as py-faster-rcnn's numpy, so the
+    rounding of the sizes matches it.
+
+    Args:
+      height, width: int scalars (tensors), the image size in pixels (> 0).
+      min_side, max_side, canvas_size: ints.
+    Returns:
+      size_hw: int32 [2], (round(h * scale), round(w * scale)), each at least 1 and at most
+        canvas_size.
+      scale: float32 scalar.
+    """
+    size = tf.cast(tf.stack([height, width]), tf.float64)
+    longer = tf.reduce_max(size)
+    scale = float(min_side) / tf.reduce_min(size)
+    for limit in (max_side, canvas_size):
+        scale = tf.where(tf.round(scale * longer) > limit, float(limit) / longer, scale)
+    # At least one pixel: a 1 x 5000 image would otherwise round to an empty side.
+    size_hw = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+    return size_hw, tf.cast(scale, tf.float32)
+
+
+def resize_keep_aspect(image, min_side, max_side, canvas_size, method_index=None):
+    """Resizes [h, w, 3] float32 keeping its aspect (`keep_aspect_size`), clipped to [0, 255].
+
+    method_index: as `resize_image`.
+    Returns:
+      resized: [h', w', 3] float32, h', w' <= canvas_size.
+      image_info: float32 [3] (h', w', scale), py-faster-rcnn's im_info.
+    """
+    size_hw, scale = keep_aspect_size(tf.shape(image)[0], tf.shape(image)[1], min_side, max_side,
+                                      canvas_size)
+    resized = tf.clip_by_value(_resize(image, size_hw, method_index), 0.0, PIXEL_MAX)
+    return resized, tf.concat([tf.cast(size_hw, tf.float32), scale[None]], axis=0)
+
+
+def pad_to_canvas(image, canvas_size):
+    """[h, w, C] with h, w <= canvas_size -> [canvas_size, canvas_size, C], zeros bottom/right."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    padded = tf.pad(image, [[0, canvas_size - height], [0, canvas_size - width], [0, 0]])
+    return tf.ensure_shape(padded, [canvas_size, canvas_size, image.shape[-1]])
+
+
+def draw_mirror(seed):
+    """bool scalar, True with probability MIRROR_PROB. seed: int [2]."""
+    return tf.random.stateless_uniform([], seed, dtype=tf.float32) < MIRROR_PROB
 
 
 def mirror_image_and_boxes(image, boxes_yxyx, flip):
@@ -456,11 +532,34 @@ def draw_augmentation(seed, boxes_yxyx, height, width, samplers=SSD_BATCH_SAMPLE
     canvas = tf.cast(tf.stack([expand["canvas_height"], expand["canvas_width"]] * 2), tf.float32)
     crop = sample_crop(seeds[2], boxes_px / canvas, expand["canvas_height"],
                        expand["canvas_width"], samplers)
-    mirror = tf.random.stateless_uniform([], seeds[3], dtype=tf.float32) < MIRROR_PROB
+    mirror = draw_mirror(seeds[3])
     interpolation = tf.random.stateless_uniform(
         [], seeds[4], minval=0, maxval=len(TRAIN_INTERPOLATIONS), dtype=tf.int32)
     return {"photometric": random_photometric_params(seeds[0]), "expand": expand,
             "crop": crop, "mirror": mirror, "interpolation": interpolation}
+
+
+def crop_augmented_patch(image, boxes_yxyx, decisions, fill_rgb):
+    """Photometric distortion, expand and crop of `draw_augmentation` decisions (steps 1-3).
+
+    Args:
+      image: [H, W, 3] uint8 or float RGB in [0, 255].
+      boxes_yxyx: [N, 4] float32 normalized to the image.
+      decisions: `draw_augmentation` output; fill_rgb: 3 floats, the expand canvas colour.
+    Returns:
+      patch: [h, w, 3] float32 RGB in [0, 255], the crop (1:1 pixels of the image and canvas).
+      boxes: [N, 4] float32 yxyx normalized to the patch, in [0, 1].
+      keep: [N] bool, the CENTER emit constraint; drop boxes where False.
+    """
+    image = tf.cast(image, tf.float32)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    expand, crop_px = decisions["expand"], decisions["crop"]["crop_px"]
+    photometric = decisions["photometric"]
+    patch = crop_expanded_image(image, expand, crop_px, fill_rgb,
+                                distort=lambda piece: apply_photometric(piece, photometric))
+    boxes_px = boxes_to_canvas_pixels(boxes_yxyx, height, width, expand)
+    boxes, keep = project_boxes_to_crop(boxes_px, crop_px)
+    return patch, boxes, keep
 
 
 def apply_augmentation(image, boxes_yxyx, decisions, image_size, fill_rgb):
@@ -477,17 +576,29 @@ def apply_augmentation(image, boxes_yxyx, decisions, image_size, fill_rgb):
       boxes: [N, 4] float32 yxyx normalized to the output image, in [0, 1].
       keep: [N] bool, the CENTER emit constraint; drop boxes where False.
     """
-    image = tf.cast(image, tf.float32)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    expand, crop_px = decisions["expand"], decisions["crop"]["crop_px"]
-    photometric = decisions["photometric"]
-    cropped = crop_expanded_image(image, expand, crop_px, fill_rgb,
-                                  distort=lambda piece: apply_photometric(piece, photometric))
-    boxes_px = boxes_to_canvas_pixels(boxes_yxyx, height, width, expand)
-    boxes, keep = project_boxes_to_crop(boxes_px, crop_px)
+    cropped, boxes, keep = crop_augmented_patch(image, boxes_yxyx, decisions, fill_rgb)
     resized = resize_image(cropped, image_size, decisions["interpolation"])
     resized, boxes = mirror_image_and_boxes(resized, boxes, decisions["mirror"])
     return resized, boxes, keep
+
+
+def _augment_before_resize(image, boxes_yxyx, config, seed):
+    """`config.augmentation`'s steps before the resize, and its decisions for the rest.
+
+    image: [H, W, 3] float32; boxes_yxyx: [N, 4] normalized; seed: int [2].
+    Returns (image [h, w, 3] float32, boxes [N, 4] normalized to it, keep [N] bool or None when
+    every box stays, mirror bool scalar, interpolation int32 scalar or None for bilinear).
+    """
+    if config.augmentation == "ssd":
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        decisions = draw_augmentation(seed, boxes_yxyx, height, width,
+                                      max_expand_ratio=config.max_expand_ratio)
+        patch, boxes, keep = crop_augmented_patch(image, boxes_yxyx, decisions, mean_pixel_rgb(config))
+        return patch, boxes, keep, decisions["mirror"], decisions["interpolation"]
+    if config.augmentation == "flip":
+        # The references flip with a fixed bilinear resize (OpenCV INTER_LINEAR).
+        return image, boxes_yxyx, None, draw_mirror(tf.cast(seed, tf.int64)), None
+    raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {config.augmentation!r}")
 
 
 def augment_example(example, config, seed=None, augment=True):
@@ -497,34 +608,50 @@ def augment_example(example, config, seed=None, augment=True):
       example: dict with `image` uint8 [H, W, 3] RGB, `boxes` float32 [N, 4] normalized yxyx,
         `classes` int32 [N] (1..C-1), `difficult` bool [N], `is_crowd` bool [N], `image_id`,
         `height`, `width`. Missing per-box fields default to False.
-      config: RefineDetConfig (`image_size`, `preprocessing`, `pixel_mean_bgr`).
+      config: RefineDetConfig or FasterRCNNConfig: `image_size`, `preprocessing`,
+        `pixel_mean_bgr`, `augmentation`, `max_expand_ratio`, `resize_mode` (and `min_side`,
+        `max_side` for "keep_aspect").
       seed: int [2], the example's seed (required when augment=True).
-      augment: True: the Caffe training augmentation; False: the eval path (bilinear warp
-        resize, boxes unchanged).
-    Returns a dict: `image` float32 [S, S, 3] preprocessed; `boxes` float32 [N', 4] normalized
-      yxyx of the output image; `classes` int32 [N']; `difficult`, `is_crowd` bool [N'];
-      `image_id`, `height`, `width` passed through (the original size). N' <= N (the input's boxes)
-      with augmentation (boxes failing the CENTER rule are dropped), N' = N without.
+      augment: True: the training augmentation `config.augmentation`; False: the eval path
+        (bilinear resize, boxes unchanged).
+    Returns a dict: `image` float32 [S, S, 3] preprocessed (keep_aspect: the valid area at the
+      top left, zeros elsewhere); `boxes` float32 [N', 4] normalized yxyx of the output image's
+      valid area; `classes` int32 [N']; `difficult`, `is_crowd` bool [N']; keep_aspect only:
+      `image_info` float32 [3] (valid height, valid width, scale); `image_id`, `height`,
+      `width` passed through (the original size). N' <= N (the input's boxes) with the "ssd"
+      augmentation (boxes failing the CENTER rule are dropped), N' = N otherwise.
     """
-    image = example["image"]
+    if augment and seed is None:
+        raise ValueError("augment_example(augment=True) needs a per-example seed (int [2])")
+    if config.resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {config.resize_mode!r}")
+    image = tf.cast(example["image"], tf.float32)
     boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])
     num_boxes = tf.shape(boxes)[0]
     per_box = {"classes": tf.cast(example["classes"], tf.int32)}
     for name in ("difficult", "is_crowd"):
         per_box[name] = (tf.cast(example[name], tf.bool) if name in example
                          else tf.zeros([num_boxes], tf.bool))
+    keep, mirror, interpolation = None, None, None
     if augment:
-        if seed is None:
-            raise ValueError("augment_example(augment=True) needs a per-example seed (int [2])")
-        height, width = tf.shape(image)[0], tf.shape(image)[1]
-        decisions = draw_augmentation(seed, boxes, height, width, max_expand_ratio=config.max_expand_ratio)
-        pixels, boxes, keep = apply_augmentation(
-            image, boxes, decisions, config.image_size, mean_pixel_rgb(config))
+        image, boxes, keep, mirror, interpolation = _augment_before_resize(image, boxes, config, seed)
+    out = {}
+    if config.resize_mode == "stretch":
+        pixels = resize_image(image, config.image_size, interpolation)
+    else:
+        pixels, out["image_info"] = resize_keep_aspect(
+            image, config.min_side, config.max_side, config.image_size, interpolation)
+    if mirror is not None:
+        # Before any padding: a keep_aspect image mirrors inside its valid area.
+        pixels, boxes = mirror_image_and_boxes(pixels, boxes, mirror)
+    if keep is not None:
         boxes = tf.boolean_mask(boxes, keep)
         per_box = {name: tf.boolean_mask(value, keep) for name, value in per_box.items()}
-    else:
-        pixels = resize_image(tf.cast(image, tf.float32), config.image_size)
-    out = {"image": preprocess_images(pixels, config), "boxes": boxes, **per_box}
+    pixels = preprocess_images(pixels, config)
+    if config.resize_mode == "keep_aspect":
+        # Padded after preprocessing, so the padding is exactly zero whatever the normalization.
+        pixels = pad_to_canvas(pixels, config.image_size)
+    out.update({"image": pixels, "boxes": boxes, **per_box})
     for name in ("image_id", "height", "width"):
         if name in example:
             out[name] = example[name]

@@ -4,10 +4,21 @@ Input: a `tf.data.Dataset` of the reader contract (one dict per image): `image` 
 [H, W, 3] RGB, `image_id` string, `height`, `width` int32, `boxes` float32 [N, 4] normalized
 yxyx, `classes` int32 [N], `difficult` bool [N], `is_crowd` bool [N].
 
-Output: `(images, targets)` batches. With B the batch size, G = `max_boxes`, S the image size:
-  images: float32 [B, S, S, 3], preprocessed (`preprocess_images`).
+Output: `(images, targets)` batches. With B the batch size, G = `max_boxes`, S the image size;
+`images` depends on `config.resize_mode` (data/augment.py):
+  "stretch" (RefineDet): float32 [B, S, S, 3], preprocessed (`preprocess_images`), each image
+    warped to the whole square.
+  "keep_aspect" (Faster R-CNN, `build_faster_rcnn`'s input): dict
+    images:     float32 [B, S, S, 3], preprocessed; each image resized keeping its aspect, at
+                the top left, zeros (after preprocessing) bottom/right;
+    image_info: float32 [B, 3], (valid height, valid width, scale): each image's size in
+                canvas pixels and the factor it was resized by (from the original image,
+                or from the augmented patch, whose pixels are the original's at 1:1).
+  `image_pixels(images)` gives the [B, S, S, 3] tensor of either form, `valid_sizes(images)`
+  each image's valid area. `loss_targets` and `make_distributed_dataset` pass `images` through.
   targets: dict
-    boxes:         float32 [B, G, 4] normalized yxyx of the output image, zeros where padded;
+    boxes:         float32 [B, G, 4] normalized yxyx of the output image's valid area (the
+                   whole image in "stretch"), zeros where padded;
     classes:       int32 [B, G], 0 (background) where padded;
     mask:          bool [B, G], True for real boxes (they come first);
     difficult:     bool [B, G]; is_crowd: bool [B, G] (False where padded);
@@ -22,6 +33,8 @@ whatever `num_parallel_calls`, as long as `deterministic=True` (the shuffle is s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import tensorflow as tf
 
 from refinedet_tf.data.augment import augment_example, example_seed
@@ -29,8 +42,29 @@ from refinedet_tf.data.augment import augment_example, example_seed
 DEFAULT_SHUFFLE_BUFFER = 1024
 
 
+def _model_images(example):
+    """An augmented example's model input: the image, or with image_info the keep_aspect dict."""
+    if "image_info" in example:
+        return {"images": example["image"], "image_info": example["image_info"]}
+    return example["image"]
+
+
+def image_pixels(images):
+    """The float32 [B, S, S, 3] preprocessed images of a batch's `images`, either form."""
+    return images["images"] if isinstance(images, Mapping) else images
+
+
+def valid_sizes(images):
+    """int32 [B, 2] (height, width) of each image's valid area in `image_pixels(images)`:
+    image_info's for keep_aspect, the whole [S, S] for stretch."""
+    if isinstance(images, Mapping):
+        return tf.cast(tf.round(images["image_info"][:, :2]), tf.int32)
+    shape = tf.shape(images)
+    return tf.tile(shape[None, 1:3], [shape[0], 1])
+
+
 def _pad_targets(example, max_boxes, truncate_boxes, num_input_boxes):
-    """Pads an augmented example's per-box fields to `max_boxes` -> (image, targets)."""
+    """Pads an augmented example's per-box fields to `max_boxes` -> (images, targets)."""
     image_id = example.get("image_id", tf.constant("", tf.string))
     if not truncate_boxes:
         # Checked on the reader's boxes, so the error does not depend on the random crop.
@@ -60,7 +94,7 @@ def _pad_targets(example, max_boxes, truncate_boxes, num_input_boxes):
         "width": tf.cast(example.get("width", 0), tf.int32),
         "num_truncated": num_truncated,
     }
-    return example["image"], targets
+    return _model_images(example), targets
 
 
 def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
@@ -71,9 +105,9 @@ def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
 
     Args:
       examples: tf.data.Dataset of reader-contract dicts.
-      config: RefineDetConfig (`image_size`, `preprocessing`, `pixel_mean_bgr`).
+      config: RefineDetConfig or FasterRCNNConfig (see `augment.augment_example`).
       batch_size: images per batch (per replica under a strategy).
-      training: True: shuffle, Caffe augmentation, drop the last partial batch;
+      training: True: shuffle, `config.augmentation`, drop the last partial batch;
         False: the eval path (bilinear resize, boxes unchanged), keep the partial batch.
       seed: int, the augmentation and shuffle seed.
       max_boxes: G, the padded number of boxes per image.
@@ -90,7 +124,8 @@ def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
         after the fact, but the skipped examples are never augmented (a resumed run repositions
         its data in seconds, not in the hours a long run's worth of augmentation would take).
     Returns:
-      tf.data.Dataset of (float32 [B, S, S, 3], dict of targets).
+      tf.data.Dataset of (images, dict of targets): images float32 [B, S, S, 3] ("stretch") or
+      the dict {"images", "image_info"} ("keep_aspect"), see the module docstring.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -129,6 +164,8 @@ def make_dataset(examples, config, batch_size, training, seed=0, max_boxes=100,
 def loss_targets(images, targets):
     """(images, targets) -> (images, the targets the training loss reads), all numeric.
 
+    `images` passes through as it is (a tensor, or the keep_aspect dict).
+
     Strings (`image_id`) cannot be placed on accelerators by a distributed dataset, and the
     loss takes the mask as float32 (see `RefineDetTrainer.compute_losses`).
     """
@@ -144,7 +181,7 @@ def make_distributed_dataset(strategy, examples_fn, config, global_batch_size, t
       strategy: a tf.distribute.Strategy (MirroredStrategy, MultiWorkerMirroredStrategy, TPU).
       examples_fn: () -> tf.data.Dataset of reader examples (all of them; each input pipeline
         keeps its shard, `input_context.input_pipeline_id` of `num_input_pipelines`).
-      config: RefineDetConfig.
+      config: RefineDetConfig or FasterRCNNConfig.
       global_batch_size: images per step over all replicas; each replica gets
         `input_context.get_per_replica_batch_size(global_batch_size)`.
       training, seed, **kwargs: as make_dataset (each pipeline also gets its own seed_stream).

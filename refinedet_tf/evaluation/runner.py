@@ -18,7 +18,8 @@ VOC_METRICS = ("voc07", "voc12")
 
 
 def make_predict_fn(model, architecture, max_detections=None):
-    """tf.function: preprocessed images [B, S, S, 3] -> `architecture.detect`'s dict."""
+    """tf.function: a pipeline batch's images (preprocessed [B, S, S, 3], or the keep_aspect dict
+    with image_info, `data.pipeline`) -> `architecture.detect`'s dict."""
     @tf.function(reduce_retracing=True)
     def predict(images):
         return architecture.detect(model(images, training=False), max_detections=max_detections)
