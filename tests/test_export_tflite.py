@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from refinedet_tf import detect, generate_anchors, preprocess_images
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.export import TFLiteDetector, calibration_images, export_tflite
 from refinedet_tf.export.tflite import POSTPROCESS_FILE
@@ -184,55 +183,3 @@ def test_calibration_images_from_a_voc_folder_and_an_image_folder(small, tmp_pat
 
 
 # ------------------------------------------------------------------------------- int8 quality
-def _detection_pixels(boxes_yxyx, height, width):
-    """Normalized detections -> VOC pixel boxes, clipped to the image; a box under one pixel
-    keeps min <= max (the VOC +1 convention would otherwise invert it)."""
-    from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
-
-    pixels = normalized_to_voc_pixels(np.clip(boxes_yxyx, 0.0, 1.0), height, width)
-    pixels[:, 2:] = np.maximum(pixels[:, 2:], pixels[:, :2])
-    return pixels
-
-
-@pytest.mark.usefixtures("litert")
-def test_int8_keeps_95_percent_of_fp32_map(tiny_trained_model_dir, synthetic_val_dir, exported_demo_model):
-    """VOC07 mAP of the int8 .tflite >= 95% of the float model's (the Keras model with
-    `postprocess.detect`, which the fp32 .tflite equals: test_fp32_matches_the_keras_model).
-    The int8 file is the session's export of the demo model (conftest.exported_demo_model:
-    calibrated on the fixture's 16 training images, 500 detections per image)."""
-    from refinedet_tf.data import open_reader
-    from refinedet_tf.data.box_conventions import normalized_to_voc_pixels
-    from refinedet_tf.evaluation import VOCEvaluator
-
-    model, config = load_model(tiny_trained_model_dir)
-    # Evaluated on the fixture's 48 validation images.
-    path = os.path.join(exported_demo_model, "tflite", "refinedet_int8.tflite")
-    anchors = generate_anchors(config)
-
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
-    def float_detect(images):
-        x = tf.image.resize(tf.cast(images, tf.float32), [config.image_size] * 2, method="bilinear")
-        return detect(model(preprocess_images(x, config), training=False), anchors, config,
-                      max_detections=500)
-
-    detectors = {
-        "fp32": lambda image: {k: v.numpy() for k, v in float_detect(image[None]).items()},
-        "int8": TFLiteDetector(path),
-    }
-    reader = open_reader(synthetic_val_dir, split="val", keep_empty=True)
-    evaluators = {q: VOCEvaluator(reader.label_map.names, metrics=("voc07",)) for q in detectors}
-    for example in reader:
-        h, w = int(example["height"]), int(example["width"])
-        for quantization, detector in detectors.items():
-            evaluator = evaluators[quantization]
-            evaluator.add_ground_truth(example["image_id"], normalized_to_voc_pixels(example["boxes"], h, w),
-                                       example["classes"], example["difficult"])
-            out = detector(example["image"])
-            n = int(out["num_detections"][0])
-            evaluator.add_detections(example["image_id"], _detection_pixels(out["detection_boxes"][0, :n], h, w),
-                                     out["detection_scores"][0, :n], out["detection_classes"][0, :n].astype(int))
-    fp32 = evaluators["fp32"].evaluate()["voc07"]["mAP"]
-    int8 = evaluators["int8"].evaluate()["voc07"]["mAP"]
-    print(f"VOC07 mAP: float {fp32:.4f}, int8 {int8:.4f} ({int8 / fp32:.1%})")
-    assert fp32 > 0.1, f"the trained fixture model should detect something (float mAP {fp32:.3f})"
-    assert int8 >= 0.95 * fp32, f"int8 mAP {int8:.4f} < 95% of float {fp32:.4f}"

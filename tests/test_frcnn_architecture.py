@@ -5,8 +5,11 @@ The composition test rebuilds the losses from the stages the golden tests pin
 (tests/test_frcnn_anchor_targets.py, test_frcnn_roi_targets.py, test_frcnn_losses.py) with the
 same seeds, so it can only pass when `FasterRCNN.losses` wires exactly those stages together;
 it compares to 1e-6 relative (the same float32 ops in the same order, run once eagerly and once
-inside the interface).
+inside the interface). The OHEM test recomputes the per-RoI losses in numpy: 1e-5 relative (float32
+log-sum-exp in another order).
 """
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from refinedet_tf import presets
 from refinedet_tf.architectures import FasterRCNN, RefineDet, architecture_for, config_from_json
 from refinedet_tf.architectures.faster_rcnn import _step_seeds, boxes_to_canvas_pixels
 from refinedet_tf.config import RefineDetConfig
-from refinedet_tf.faster_rcnn import losses as frcnn_losses
+from refinedet_tf.faster_rcnn import losses as frcnn_losses, ohem
 from refinedet_tf.faster_rcnn.anchor_targets import anchor_targets
 from refinedet_tf.faster_rcnn.config import FasterRCNNConfig
 from refinedet_tf.faster_rcnn.roi_targets import sample_roi_targets
@@ -158,3 +161,32 @@ def test_vgg16_first_blocks_stay_frozen_through_every_stage():
     assert trainable["block3_conv1"] and trainable["block5_conv3"] and trainable["rpn"] and trainable["roi_head"]
     _set_trainable(model, architecture, frozen_layers=(), freeze_backbone=True)
     assert not model.get_layer("block3_conv1").trainable and model.get_layer("roi_head").trainable
+
+
+def test_ohem_trains_the_hardest_rois_of_the_minibatch(small):
+    """mining "ohem": the roi losses are the means over the 2 x 8 candidates (proposals and
+    ground truths of both images) with the largest classification + box loss, by hand in numpy."""
+    _, model = small
+    config = dataclasses.replace(presets.get_preset(LITE, **SMALL), mining="ohem", roi_samples_per_image=8)
+    architecture = architecture_for(config)
+    inputs, targets = _batch()
+    got = architecture.losses(model, inputs, targets, lambda x: x, training=False, step=tf.constant(0, tf.int64))
+
+    outputs = model(inputs, training=False)
+    gt = boxes_to_canvas_pixels(targets["boxes"], inputs["image_info"])
+    candidates = ohem.all_roi_targets(outputs["rois_yxyx_px"], outputs["rois_valid"], gt, targets["classes"],
+                                      tf.cast(targets["mask"], tf.bool))
+    head = model.get_layer("roi_head")([outputs["features"], candidates["rois_yxyx_px"], candidates["valid"]])
+    logits, loc = head["roi_logits"].numpy(), head["roi_loc"].numpy()
+    labels, valid = candidates["labels"].numpy(), candidates["valid"].numpy()
+    box_targets = candidates["box_targets"].numpy()
+    shifted = logits - logits.max(-1, keepdims=True)
+    cross_entropy = np.log(np.exp(shifted).sum(-1)) - np.take_along_axis(shifted, labels[..., None], -1)[..., 0]
+    d = np.abs(np.take_along_axis(loc, labels[..., None, None], 2)[:, :, 0] - box_targets)
+    smooth_l1 = np.where(d < 1.0, 0.5 * d * d, d - 0.5).sum(-1) * (labels > 0)
+    per_roi = np.where(valid, cross_entropy + smooth_l1, -np.inf)
+    assert valid.sum() > 16  # more candidates than selected: the choice matters
+    hardest = np.argsort(-per_roi.ravel(), kind="stable")[:16]
+    np.testing.assert_allclose(got["roi_cls"].numpy(), cross_entropy.ravel()[hardest].mean(), rtol=1e-5)
+    np.testing.assert_allclose(got["roi_loc"].numpy(), smooth_l1.ravel()[hardest].sum() / 16, rtol=1e-5)
+    assert got["num_pos"].numpy() == (labels.ravel()[hardest] > 0).sum() > 0

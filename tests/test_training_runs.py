@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -41,37 +40,57 @@ def _train_command(data, model_dir, steps):
             "--warmup_steps", "0", "--lr_schedule", "multistep", "--lr_boundaries", "0.5"]
 
 
+# train.py, killed by SIGKILL at the end of step KILL_AT (after that step's log line and the
+# checkpoint of step 3): no handler, no cleanup, as `kill -9` or a lost machine. The kill comes
+# from inside (a callback passed through run.train's extra_callbacks) so that it lands at the same
+# step every time, and the killed run's own log of the steps up to it is the uninterrupted
+# reference the resumed run must reproduce.
+KILL_AT = 5
+KILLING_TRAIN_PY = r"""
+import os, signal, sys
+import keras
+sys.path.insert(0, sys.argv.pop(1))  # the repository root: train.py
+import train as command
+from absl import app
+from refinedet_tf.training import run
+
+class KillAt(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train = run.train
+run.train = lambda options, stream=None, extra_callbacks=(): train(options, stream, [*extra_callbacks, KillAt()])
+app.run(command.main)
+"""
+
+
 def test_killed_run_resumes_with_the_loss_of_an_uninterrupted_run(data, tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    # The uninterrupted run and the one to kill run side by side (the suite's time).
-    reference_run = subprocess.Popen(_train_command(data, whole, 8), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-    proc = subprocess.Popen(_train_command(data, killed, 8), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    marker = killed / "checkpoints" / "checkpoint"
-    deadline = time.time() + 500
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the run never wrote a checkpoint"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KILL_AT": str(KILL_AT)}
+    killed = tmp_path / "killed"
+    script = tmp_path / "killing_train.py"
+    script.write_text(KILLING_TRAIN_PY)
+    command = _train_command(data, killed, 8)
+    proc = subprocess.run([sys.executable, str(script), ROOT, *command[2:]], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    reference = _steps(killed)  # the steps it ran, uninterrupted
+    assert sorted(reference) == list(range(1, KILL_AT + 1))
     latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
     resumed_from = int(latest.rsplit("-", 1)[1])
-    assert resumed_from in (3, 6)
-    _, errors = reference_run.communicate(timeout=600)
-    assert reference_run.returncode == 0, errors[-3000:]
-    reference = _steps(whole)
-    assert sorted(reference) == list(range(1, 9))
+    assert resumed_from == 3  # --checkpoint_every 3: step 4 and 5 are lost with the process
 
-    again = subprocess.run(_train_command(data, killed, 8), capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"at step {resumed_from}" in again.stdout
-    after = _steps(killed)
-    nxt = resumed_from + 1
-    for k in ("total", "arm_loc", "arm_conf", "odm_loc", "odm_conf"):
-        np.testing.assert_allclose(after[nxt][k], reference[nxt][k], rtol=1e-5, err_msg=f"{k} at step {nxt}")
-    np.testing.assert_allclose(after[8]["total"], reference[8]["total"], rtol=1e-4)
+    with open(killed / "steps.jsonl", encoding="utf-8") as f:
+        after = [json.loads(line) for line in f][KILL_AT:]  # the resumed run's lines
+    assert [r["step"] for r in after] == list(range(resumed_from + 1, 9))
+    # Steps 4 and 5 again: the same weights, optimizer state, learning rate and batches.
+    for record in after[: KILL_AT - resumed_from]:
+        for k in ("total", "arm_loc", "arm_conf", "odm_loc", "odm_conf", "lr"):
+            np.testing.assert_allclose(record[k], reference[record["step"]][k], rtol=1e-5,
+                                       err_msg=f"{k} at step {record['step']}")
     summary = json.loads((killed / "metrics.json").read_text())
     assert summary["steps"] == 8 and summary["finished"]
 
