@@ -148,9 +148,10 @@ def synthetic_val_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported_demo_model(tiny_trained_model_dir, synthetic_val_dir, tmp_path_factory):
-    """The demo model in every deployment form, as export_saved_model.py writes them: 1/
-    (SavedModel), tflite/ (fp32, fp16, int8 calibrated on the 16 train images), onnx/; 500
-    detections per image, as the checkpoint's evaluation keeps."""
+    """The demo model in its deployment forms, as export_saved_model.py writes them: 1/
+    (SavedModel), tflite/ (fp32, int8 calibrated on the 16 train images; fp16 is tested on a
+    smaller model, test_export_tflite.py), onnx/; 500 detections per image, as the checkpoint's
+    evaluation keeps. Every test that uses it is in test_export_verify.py (built once)."""
     from refinedet_tf.checkpoints import load_model
     from refinedet_tf.export import calibration_images, export_onnx, export_saved_model, export_tflite
 
@@ -159,7 +160,7 @@ def exported_demo_model(tiny_trained_model_dir, synthetic_val_dir, tmp_path_fact
     post = dict(max_detections=500)
     export_saved_model(model, config, out, **post)
     calibration = calibration_images(synthetic_val_dir, config, 16, split="train")
-    for quantization in ("fp32", "fp16", "int8"):
+    for quantization in ("fp32", "int8"):
         export_tflite(model, config, os.path.join(out, "tflite"), quantization,
                       representative_images=calibration if quantization == "int8" else None, **post)
     export_onnx(model, config, os.path.join(out, "onnx"), **post)

@@ -19,11 +19,13 @@ import tensorflow as tf
 from refinedet_tf import detect, generate_anchors, preprocess_images
 from refinedet_tf.checkpoints import load_model
 from refinedet_tf.evaluation.command import EvalOptions, run
-from refinedet_tf.export import TFLiteDetector
+from refinedet_tf.export import TFLiteDetector, export_tflite
+from refinedet_tf.export.tflite import POSTPROCESS_FILE
 from refinedet_tf.export.verify import FormResult, check_drops, find_forms
+from test_export_tflite import assert_builtin_only, conv_weight_types, op_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FORMS = ["saved_model", "tflite fp16", "tflite fp32", "tflite int8", "onnx"]
+FORMS = ["saved_model", "tflite fp32", "tflite int8", "onnx"]
 TABLE_IMAGES = 12
 
 
@@ -50,7 +52,7 @@ def test_every_form_is_evaluated_on_the_same_images(table):
     assert [line.split("  ")[0].strip() for line in lines[1:]] == ["checkpoint (keras)"] + FORMS
     reference = rows["checkpoint (keras)"]["map"]
     assert reference > 0.3  # a trained model, so the comparison means something
-    # Float32 forms give the checkpoint's mAP; fp16 and int8 within the 0.2 allowed above.
+    # Float32 forms give the checkpoint's mAP; int8 within the 0.2 allowed above.
     for form in ("saved_model", "tflite fp32", "onnx"):
         assert abs(rows[form]["map"] - reference) < 5e-3, form
     assert all(row["size_mb"] > 0 and row["ms_per_image"] > 0 for row in rows.values())
@@ -128,3 +130,24 @@ def test_int8_keeps_95_percent_of_fp32_map(tiny_trained_model_dir, synthetic_val
     print(f"VOC07 mAP: float {fp32:.4f}, int8 {int8:.4f} ({int8 / fp32:.1%})")
     assert fp32 > 0.1, f"the trained fixture model should detect something (float mAP {fp32:.3f})"
     assert int8 >= 0.95 * fp32, f"int8 mAP {int8:.4f} < 95% of float {fp32:.4f}"
+
+
+def test_int8_network_is_integer_and_post_processing_float(exported_demo_model, tiny_trained_model_dir):
+    """The int8 export is two files: the network with int8 weights (built-in ops only) and the
+    float post-processing with its NMS; an int8 export without calibration images is refused."""
+    pytest.importorskip("ai_edge_litert", reason="the TFLite tests run models in ai-edge-litert")
+    folder = os.path.join(exported_demo_model, "tflite")
+    network, postprocess = os.path.join(folder, "refinedet_int8.tflite"), os.path.join(folder, POSTPROCESS_FILE)
+    for path in (network, postprocess):
+        assert_builtin_only(path)
+    conv_weights = conv_weight_types(network)
+    assert conv_weights and set(conv_weights) == {"INT8"}
+    assert "NON_MAX_SUPPRESSION_V5" in op_names(postprocess)
+    assert os.path.getsize(network) < 0.35 * os.path.getsize(os.path.join(folder, "refinedet_fp32.tflite"))
+    out = TFLiteDetector(network)(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8))
+    assert out["detection_boxes"].shape == (1, 500, 4)
+    n = int(out["num_detections"][0])
+    assert set(out["detection_classes"][0, :n]) <= set(range(1, 7))
+    model, config = load_model(tiny_trained_model_dir)
+    with pytest.raises(ValueError, match="needs representative_images"):
+        export_tflite(model, config, os.path.join(exported_demo_model, "unused"), "int8")

@@ -61,3 +61,12 @@ def test_checkpoint_loads_as_faster_rcnn_and_evaluates_to_the_runs_map(trained):
                       stream=io.StringIO())
     assert result["speed"]["images"] == 4
     np.testing.assert_allclose(result["voc07"]["mAP"], summary["best"]["voc07"], atol=1e-6)
+
+
+def test_export_says_it_does_not_serve_faster_rcnn_yet(trained, tmp_path):
+    from refinedet_tf.export import export_saved_model
+
+    _, model_dir, _ = trained
+    model, config = load_model(str(model_dir))
+    with pytest.raises(NotImplementedError, match="faster_rcnn_mobilenetv2_lite_256 cannot be exported or served yet"):
+        export_saved_model(model, config, str(tmp_path / "export"))

@@ -44,7 +44,15 @@ def resize_and_preprocess(images, config):
 
 
 def export_config(config, max_detections=None, score_threshold=None, nms_iou=None):
-    """The config with the export's post-processing thresholds (None keeps the config's)."""
+    """The config with the export's post-processing thresholds (None keeps the config's).
+
+    Every export form and predict.py start here; a config whose input is not the warp resize of
+    `resize_and_preprocess` (Faster R-CNN's keep-aspect canvas with image_info) is refused here.
+    """
+    if config.resize_mode != "stretch":
+        raise NotImplementedError(
+            f"{config.name} cannot be exported or served yet: its input is a keep-aspect canvas with image_info, "
+            "which the serving signatures do not build yet (evaluate.py --checkpoint evaluates it)")
     changes = {}
     if max_detections is not None:
         changes["max_detections"] = int(max_detections)
