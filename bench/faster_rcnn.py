@@ -32,7 +32,7 @@ FLOPs (multiply-adds x 2; everything else, RoI pooling, NMS, the losses, is not 
     head's dense layers (fc6, fc7, cls_score, bbox_pred) on the R RoIs of the mode, per image.
   * step: an ESTIMATE, 3 x the forward's training-mode FLOPs (backward ~ 2 x forward), where the
     training-mode forward is the convolutions plus the head on roi_samples_per_image RoIs (128
-    for both presets): the step runs the head only on the sampled RoIs (the model's own head
+    for VGG16, 64 for the lite preset): the step runs the head only on the sampled RoIs (the model's own head
     output on the 2000 / 512 training proposals is unused and pruned inside the tf.function).
     (Checked once on a 64 x 64 canvas with a 1024-unit head: a step with 2000 training
     proposals took no longer than one with 128, with jit_compile False and True.) The 3x counts

@@ -91,10 +91,14 @@ def test_no_import_cycle_in_the_package():
 
 # Modules that know RefineDet itself: its network, anchors, targets, losses and decoding. The
 # shared machinery (training, evaluation, export, checkpoints) reaches them only through the
-# detector interface, `refinedet_tf.architectures`, so a second architecture plugs in there.
+# detector interface, `refinedet_tf.architectures`, where each architecture plugs in.
 REFINEDET_SPECIFIC = ("refinedet_tf.anchors", "refinedet_tf.backbones", "refinedet_tf.heads", "refinedet_tf.losses",
                       "refinedet_tf.matching", "refinedet_tf.model", "refinedet_tf.postprocess",
                       "refinedet_tf.data.anchor_fit", "refinedet_tf.data.inspect")
+# Faster R-CNN's own modules: all of its subpackage but its config (presets.py finds its presets).
+FASTER_RCNN_SPECIFIC = tuple(f"refinedet_tf.faster_rcnn.{name}" for name in (
+    "anchor_targets", "anchors", "head", "losses", "model", "ohem", "proposals", "roi_pooling", "roi_targets", "rpn",
+    "sampling"))
 SHARED_MACHINERY = ("refinedet_tf.training", "refinedet_tf.evaluation", "refinedet_tf.export",
                     "refinedet_tf.checkpoints")
 INTERFACE = "refinedet_tf.architectures"
@@ -115,11 +119,16 @@ def reachable_without(graph, start, barrier):
     return seen
 
 
-def test_shared_machinery_reaches_refinedet_only_through_the_interface():
+def test_shared_machinery_reaches_each_architecture_only_through_the_interface():
     graph = import_graph(ROOT, "refinedet_tf")
-    leaks = {name: sorted(m for m in reachable_without(graph, name, INTERFACE) if _within(m, REFINEDET_SPECIFIC))
+    specific = REFINEDET_SPECIFIC + FASTER_RCNN_SPECIFIC
+    leaks = {name: sorted(m for m in reachable_without(graph, name, INTERFACE) if _within(m, specific))
              for name in graph if _within(name, SHARED_MACHINERY)}
     assert {name: found for name, found in leaks.items() if found} == {}
-    # The interface is what does import them (so the list above names real modules).
+    # The interface is what does import them (so the lists above name real modules).
     assert {m for m in graph["refinedet_tf.architectures.refinedet"] if _within(m, REFINEDET_SPECIFIC)} >= {
         "refinedet_tf.model", "refinedet_tf.losses", "refinedet_tf.postprocess", "refinedet_tf.anchors"}
+    assert {m for m in graph["refinedet_tf.architectures.faster_rcnn"] if _within(m, FASTER_RCNN_SPECIFIC)} >= {
+        "refinedet_tf.faster_rcnn.model", "refinedet_tf.faster_rcnn.losses", "refinedet_tf.faster_rcnn.ohem",
+        "refinedet_tf.faster_rcnn.anchor_targets", "refinedet_tf.faster_rcnn.roi_targets"}
+    assert all(name in graph for name in FASTER_RCNN_SPECIFIC)
