@@ -109,9 +109,17 @@ def test_losses_are_the_pinned_stages_composed(small):
     valid = tf.cast(targets["mask"], tf.bool)
     rpn_seed, roi_seed = _step_seeds(step)
     rpn = anchor_targets(tf.constant(model.get_layer("proposals").anchors_yxyx_px), gt, valid, inputs["image_info"],
-                         seed=rpn_seed)
+                         positive_iou=config.rpn_positive_iou, negative_iou=config.rpn_negative_iou,
+                         samples_per_image=config.rpn_samples_per_image,
+                         positive_fraction=config.rpn_positive_fraction, seed=rpn_seed)
     rois = sample_roi_targets(outputs["rois_yxyx_px"], outputs["rois_valid"], gt, targets["classes"], valid,
+                              num_samples=config.roi_samples_per_image,
+                              foreground_fraction=config.roi_foreground_fraction,
+                              foreground_iou=config.roi_foreground_iou,
+                              background_iou_high=config.roi_background_iou_high,
+                              background_iou_low=config.roi_background_iou_low, box_stds=config.box_stds,
                               seed=roi_seed)
+    assert config.roi_samples_per_image == 64  # the preset's, not the module default 128
     head = model.get_layer("roi_head")([outputs["features"], rois["rois_yxyx_px"], rois["valid"]], training=False)
     want = frcnn_losses.normalize({
         "rpn_loc": frcnn_losses.rpn_loc_loss(outputs["rpn_loc"], rpn.loc_targets, rpn.labels, sigma=3.0),
