@@ -7,8 +7,6 @@ lines, checkpoints and the trainer take any preset without naming an architectur
 
 from __future__ import annotations
 
-import dataclasses
-
 from refinedet_tf import config as refinedet_config
 from refinedet_tf.faster_rcnn import config as faster_rcnn_config
 
@@ -49,8 +47,3 @@ def parse_overrides(assignments, preset: str) -> dict:
     """`field=value` strings (train.py's repeatable `--config`) -> overrides for `get_preset`,
     each read by the type of that field in the preset's config class (`config.parse_overrides`)."""
     return refinedet_config.parse_overrides(assignments, config_class(preset))
-
-
-def field_names(preset: str) -> set[str]:
-    """The config fields of preset `name`'s class."""
-    return {f.name for f in dataclasses.fields(config_class(preset))}

@@ -17,11 +17,12 @@ import tensorflow as tf
 
 from refinedet_tf import presets
 from refinedet_tf.architectures import FasterRCNN, RefineDet, architecture_for, config_from_json
-from refinedet_tf.architectures.faster_rcnn import _step_seeds, boxes_to_canvas_pixels
+from refinedet_tf.architectures.faster_rcnn import _step_seeds
 from refinedet_tf.config import RefineDetConfig
 from refinedet_tf.faster_rcnn import losses as frcnn_losses, ohem
 from refinedet_tf.faster_rcnn.anchor_targets import anchor_targets
 from refinedet_tf.faster_rcnn.config import FasterRCNNConfig
+from refinedet_tf.faster_rcnn.model import normalized_to_pixels
 from refinedet_tf.faster_rcnn.roi_targets import sample_roi_targets
 from refinedet_tf.training.run import _set_trainable
 
@@ -71,10 +72,10 @@ def test_seeds_differ_by_step_and_draw():
     assert rpn0 == [0, 0] and roi0 == [0, 1] and rpn7 == [7, 0] and roi7 == [7, 1]
 
 
-def test_boxes_to_canvas_pixels_scales_by_each_images_valid_size():
+def test_normalized_to_pixels_scales_by_each_images_valid_size():
     boxes = tf.constant([[[0.0, 0.5, 1.0, 1.0]], [[0.25, 0.25, 0.5, 0.75]]])
     info = tf.constant([[600.0, 800.0, 1.6], [400.0, 200.0, 1.0]])
-    np.testing.assert_array_equal(boxes_to_canvas_pixels(boxes, info).numpy(),
+    np.testing.assert_array_equal(normalized_to_pixels(boxes, info).numpy(),
                                   [[[0, 400, 600, 800]], [[100, 50, 200, 150]]])
 
 
@@ -105,7 +106,7 @@ def test_losses_are_the_pinned_stages_composed(small):
 
     # The same stages by hand, with the seeds the interface derives from the step.
     outputs = model(inputs, training=False)
-    gt = boxes_to_canvas_pixels(targets["boxes"], inputs["image_info"])
+    gt = normalized_to_pixels(targets["boxes"], inputs["image_info"])
     valid = tf.cast(targets["mask"], tf.bool)
     rpn_seed, roi_seed = _step_seeds(step)
     rpn = anchor_targets(tf.constant(model.get_layer("proposals").anchors_yxyx_px), gt, valid, inputs["image_info"],
@@ -181,7 +182,7 @@ def test_ohem_trains_the_hardest_rois_of_the_minibatch(small):
     got = architecture.losses(model, inputs, targets, lambda x: x, training=False, step=tf.constant(0, tf.int64))
 
     outputs = model(inputs, training=False)
-    gt = boxes_to_canvas_pixels(targets["boxes"], inputs["image_info"])
+    gt = normalized_to_pixels(targets["boxes"], inputs["image_info"])
     candidates = ohem.all_roi_targets(outputs["rois_yxyx_px"], outputs["rois_valid"], gt, targets["classes"],
                                       tf.cast(targets["mask"], tf.bool))
     head = model.get_layer("roi_head")([outputs["features"], candidates["rois_yxyx_px"], candidates["valid"]])

@@ -21,7 +21,13 @@ from refinedet_tf.architectures.base import Architecture
 from refinedet_tf.faster_rcnn import losses as frcnn_losses, ohem
 from refinedet_tf.faster_rcnn.anchor_targets import anchor_targets
 from refinedet_tf.faster_rcnn.config import STRUCTURAL_FIELDS
-from refinedet_tf.faster_rcnn.model import build_faster_rcnn, decode_detections, detect, detect_builtin
+from refinedet_tf.faster_rcnn.model import (
+    build_faster_rcnn,
+    decode_detections,
+    detect,
+    detect_builtin,
+    normalized_to_pixels,
+)
 from refinedet_tf.faster_rcnn.roi_targets import sample_roi_targets
 
 # Loss names as seed 003 plots them (rpn_loc_loss, rpn_cls_loss, roi_loc_loss, roi_cls_loss,
@@ -35,14 +41,6 @@ def _step_seeds(step):
     context = tf.distribute.get_replica_context()
     replica = tf.cast(0 if context is None else context.replica_id_in_sync_group, tf.int64)
     return tf.stack([step, 2 * replica]), tf.stack([step, 2 * replica + 1])
-
-
-def boxes_to_canvas_pixels(boxes_yxyx, image_info):
-    """Normalized yxyx of each image's valid area [B, G, 4] -> canvas pixels, with image_info
-    [B, 3] (height, width, scale)."""
-    info = tf.cast(image_info, tf.float32)
-    size = tf.stack([info[:, 0], info[:, 1], info[:, 0], info[:, 1]], axis=-1)[:, None, :]
-    return tf.cast(boxes_yxyx, tf.float32) * size
 
 
 class FasterRCNN(Architecture):
@@ -67,7 +65,7 @@ class FasterRCNN(Architecture):
         config = self.config
         outputs = network(inputs, training=training)
         info = outputs["image_info"]
-        gt_boxes = boxes_to_canvas_pixels(targets["boxes"], info)
+        gt_boxes = normalized_to_pixels(targets["boxes"], info)
         gt_valid = tf.cast(targets["mask"], tf.bool)
         gt_classes = tf.cast(targets["classes"], tf.int32)
         rpn_seed, roi_seed = _step_seeds(step)

@@ -191,10 +191,8 @@ def decode_detections(outputs, config):
     """
     rois = tf.cast(outputs["rois_yxyx_px"], tf.float32)
     loc = tf.cast(outputs["roi_loc"], tf.float32)
-    info = tf.cast(outputs["image_info"], tf.float32)
     boxes = box_coding.decode_boxes(loc, rois[:, :, None, :], config.box_stds)
-    limit = tf.stack([info[:, 0], info[:, 1], info[:, 0], info[:, 1]], axis=-1)[:, None, None, :]  # [B, 1, 1, 4]
-    boxes = tf.clip_by_value(boxes, 0.0, limit)
+    boxes = tf.clip_by_value(boxes, 0.0, valid_size_yxyx(outputs["image_info"])[:, None, None, :])
     scores = tf.nn.softmax(tf.cast(outputs["roi_logits"], tf.float32), axis=-1)
     scores = tf.where(tf.cast(outputs["rois_valid"], tf.bool)[..., None], scores, 0.0)
     return {"boxes_yxyx_px": boxes, "scores": scores}
@@ -219,11 +217,22 @@ def _candidate_scores(decoded, config, score_threshold):
     return tf.where(rank < config.pre_nms_top_k, scores, 0.0)
 
 
+def valid_size_yxyx(image_info):
+    """image_info [B, 3] (height, width, scale) -> float32 [B, 4] (height, width, height, width):
+    the valid area's size in the yxyx layout, to scale or clip boxes by."""
+    info = tf.cast(image_info, tf.float32)
+    return tf.stack([info[:, 0], info[:, 1], info[:, 0], info[:, 1]], axis=-1)
+
+
+def normalized_to_pixels(boxes_yxyx, image_info):
+    """[B, N, 4] yxyx normalized to each image's valid area -> canvas pixels (`_normalized`'s
+    inverse): what the targets are computed in."""
+    return tf.cast(boxes_yxyx, tf.float32) * valid_size_yxyx(image_info)[:, None, :]
+
+
 def _normalized(boxes_yxyx_px, image_info):
     """Canvas pixels -> [0, 1] of the image's valid area: y / height, x / width."""
-    info = tf.cast(image_info, tf.float32)
-    size = tf.stack([info[:, 0], info[:, 1], info[:, 0], info[:, 1]], axis=-1)[:, None, :]
-    return boxes_yxyx_px / size
+    return boxes_yxyx_px / valid_size_yxyx(image_info)[:, None, :]
 
 
 def detect(outputs, config, max_detections=None, score_threshold=None, nms_iou=None):

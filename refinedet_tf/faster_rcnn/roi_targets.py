@@ -207,21 +207,27 @@ def sample_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, g
         return tf.gather(values, rows, batch_dims=1)
 
     sample_foreground = take(foreground)
-    sample_valid = sample_foreground | take(background)
-    sample_rois = tf.where(sample_valid[..., None], take(candidates), 0.0)
-    sample_matched = take(matched)
-    labels, box_targets = _foreground_targets(sample_rois, sample_foreground, sample_matched, gt_boxes_yxyx_px,
-                                              gt_classes, box_stds)
+    return _targets_of_rows(take(candidates), sample_foreground, sample_foreground | take(background), take(matched),
+                            take(best_iou), rows, gt_boxes_yxyx_px, gt_classes, box_stds)
+
+
+def _targets_of_rows(rois_yxyx_px, foreground, valid, matched, best_iou, candidate_indices, gt_boxes_yxyx_px,
+                     gt_classes, box_stds):
+    """The output dict of `sample_roi_targets` / `all_roi_targets` from their chosen rows [B, S]:
+    the RoIs, foreground and valid masks, matched gt, best IoU and candidate index of each row.
+    Rows that are not valid become padding (zeros, label 0, matched_gt and index -1)."""
+    rois = tf.where(valid[..., None], rois_yxyx_px, 0.0)
+    labels, box_targets = _foreground_targets(rois, foreground, matched, gt_boxes_yxyx_px, gt_classes, box_stds)
     return {
-        "rois_yxyx_px": sample_rois,
+        "rois_yxyx_px": rois,
         "labels": labels,
         "box_targets": box_targets,
-        "foreground": sample_foreground,
-        "valid": sample_valid,
-        "num_valid": tf.reduce_sum(tf.cast(sample_valid, tf.int32), axis=1),
-        "matched_gt": tf.where(sample_foreground, sample_matched, -1),
-        "max_iou": tf.where(sample_valid, take(best_iou), 0.0),
-        "candidate_indices": tf.where(sample_valid, rows, -1),
+        "foreground": foreground,
+        "valid": valid,
+        "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+        "matched_gt": tf.where(foreground, matched, -1),
+        "max_iou": tf.where(valid, best_iou, 0.0),
+        "candidate_indices": tf.where(valid, candidate_indices, -1),
     }
 
 
@@ -250,17 +256,6 @@ def all_roi_targets(rois_yxyx_px, rois_valid, gt_boxes_yxyx_px, gt_classes, gt_v
     matched, best_iou, foreground, background = _label_candidates(
         candidates, candidate_valid, gt_boxes_yxyx_px, gt_valid, foreground_iou=foreground_iou,
         background_iou_high=foreground_iou, background_iou_low=0.0)
-    valid = foreground | background
-    rois = tf.where(valid[..., None], candidates, 0.0)
-    labels, box_targets = _foreground_targets(rois, foreground, matched, gt_boxes_yxyx_px, gt_classes, box_stds)
-    return {
-        "rois_yxyx_px": rois,
-        "labels": labels,
-        "box_targets": box_targets,
-        "foreground": foreground,
-        "valid": valid,
-        "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
-        "matched_gt": tf.where(foreground, matched, -1),
-        "max_iou": tf.where(valid, best_iou, 0.0),
-        "candidate_indices": tf.where(valid, tf.range(candidates.shape[1])[None, :], -1),
-    }
+    index = tf.broadcast_to(tf.range(tf.shape(candidates)[1])[None, :], tf.shape(foreground))
+    return _targets_of_rows(candidates, foreground, foreground | background, matched, best_iou, index,
+                            gt_boxes_yxyx_px, gt_classes, box_stds)
